@@ -1,0 +1,118 @@
+"""Request plumbing shared by the routers: authentication and the unit of work."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from fastapi import Request
+from sqlalchemy.exc import DBAPIError
+
+from app.api.errors import sqlstate
+from app.db.repository import Owner, Repository
+from app.domain.errors import Forbidden, Unauthorized
+from app.domain.keys import KEY_RE, Principal, hash_key
+from app.domain.service import JobService
+from app.domain.views import now_ms
+
+T = TypeVar("T")
+_RETRYABLE_STATES = ("40P01", "40001")  # deadlock detected, serialization failure
+_ATTEMPTS = 3
+
+
+class KeyCache:
+    """A short-lived cache of key lookups, so most requests skip one database round trip."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[bytes, tuple[float, Principal | None]] = {}
+
+    def get(self, key_hash: bytes) -> tuple[bool, Principal | None]:
+        hit = self._entries.get(key_hash)
+        if hit is None or hit[0] < time.monotonic():
+            return False, None
+        return True, hit[1]
+
+    def put(self, key_hash: bytes, principal: Principal | None) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
+
+
+def bearer_key(request: Request) -> str:
+    """The key from ``Authorization: Bearer``; 401 when missing or malformed."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("Missing API key: send Authorization: Bearer <key>")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("Malformed Authorization header: expected Bearer <key>")
+    return key.strip()
+
+
+async def principal_for_key(request: Request, key: str) -> Principal:
+    """Resolve a key to its app and mode; 401 for unknown, malformed or revoked keys."""
+    if not KEY_RE.match(key):
+        raise Unauthorized("Invalid API key")
+    digest = hash_key(key)
+    cache: KeyCache = request.app.state.key_cache
+    hit, principal = cache.get(digest)
+    if not hit:
+        async with request.app.state.engine.connect() as conn:
+            row = await Repository(conn).find_key(digest)
+        principal = None
+        if row is not None and row["revoked_at"] is None:
+            principal = Principal(row["id"], row["app_id"], row["mode"], row["kind"])
+        cache.put(digest, principal)
+    if principal is None:
+        raise Unauthorized("Invalid API key")
+    return principal
+
+
+async def authenticate(request: Request) -> Principal:
+    """Dependency: the caller, from the Bearer key."""
+    principal = await principal_for_key(request, bearer_key(request))
+    request.state.principal = principal
+    return principal
+
+
+async def authenticate_writer(request: Request) -> Principal:
+    """Dependency: the caller, who must hold a secret (``sk_``) key."""
+    principal = await authenticate(request)
+    if not principal.can_write:
+        raise Forbidden("Public (pk_) keys are read-only; use a secret (sk_) key to write")
+    return principal
+
+
+def owner_of(principal: Principal) -> Owner:
+    return Owner(principal.app_id, principal.mode)
+
+
+async def read(
+    request: Request, principal: Principal, action: Callable[[JobService], Awaitable[T]]
+) -> T:
+    """Run a read on a pooled connection."""
+    async with request.app.state.engine.connect() as conn:
+        return await action(JobService(Repository(conn), owner_of(principal)))
+
+
+async def write(
+    request: Request, principal: Principal, action: Callable[[JobService], Awaitable[T]]
+) -> T:
+    """Run ``action`` in one transaction (events included), retrying deadlocks; notify after."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            async with request.app.state.engine.begin() as conn:
+                service = JobService(Repository(conn), owner_of(principal))
+                result = await action(service)
+                await service.flush_events()
+            break
+        except DBAPIError as exc:
+            if sqlstate(exc) not in _RETRYABLE_STATES or attempt == _ATTEMPTS - 1:
+                raise
+    request.app.state.notifier.notify(service.touched_streams)
+    return result

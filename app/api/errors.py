@@ -1,0 +1,130 @@
+"""Every error a client can see, mapped to the specification's envelope."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.api.responses import error_response
+from app.domain.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE = {
+    "VALIDATION_ERROR": 400,
+    "INVALID_JOB_STATE": 400,
+    "INVALID_PARENT": 400,
+    "INVALID_CHILD_INDEX": 400,
+    "UNAUTHORIZED": 401,
+    "FORBIDDEN": 403,
+    "NOT_FOUND": 404,
+    "CONFLICT": 409,
+    "DUPLICATE_CHILD_INDEX": 409,
+    "IDEMPOTENCY_KEY_REUSED": 409,
+    "IDEMPOTENCY_KEY_IN_USE": 409,
+    "PAYLOAD_TOO_LARGE": 413,
+    "RATE_LIMITED": 429,
+    "SERVICE_UNAVAILABLE": 503,
+}
+
+_HTTP_CODES = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "NOT_ACCEPTABLE",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "RATE_LIMITED",
+}
+
+# SQLSTATE classes that mean "the database is not available right now".
+_UNAVAILABLE_STATES = ("08", "53", "57P", "57014")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE behind a (wrapped) database error, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(state, str):
+            return state
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database is unreachable, overloaded or shutting down."""
+    if isinstance(exc, PoolTimeout | OSError | ConnectionError | TimeoutError):
+        return True
+    state = sqlstate(exc)
+    if state is not None:
+        return state.startswith(_UNAVAILABLE_STATES)
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or str(loc[0] if loc else "")
+
+
+async def _domain(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return error_response(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, exc.details)
+
+
+async def _validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "invalid JSON")
+            errors.append({"field": "body", "message": f"Request body is not valid JSON: {reason}"})
+        else:
+            loc = tuple(e.get("loc", ()))
+            errors.append({"field": _field(loc), "message": str(e.get("msg", "invalid"))})
+    first = errors[0] if errors else {"field": "", "message": "invalid request"}
+    message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    return error_response(400, "VALIDATION_ERROR", message, {"errors": errors})
+
+
+async def _http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "ERROR")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ").lower()
+    if exc.status_code == 404:
+        message = f"No route for {request.method} {request.url.path}"
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    if is_unavailable(exc):
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return error_response(
+            503,
+            "SERVICE_UNAVAILABLE",
+            "The database is unavailable; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "INTERNAL_ERROR", "Internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception type to the envelope."""
+    app.add_exception_handler(DomainError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    for kind in (DBAPIError, PoolTimeout, OSError):
+        app.add_exception_handler(kind, _unexpected)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,72 @@
+"""``/v1/jobs``: create, get, list."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from app.api.deps import authenticate, authenticate_writer, read, write
+from app.api.docs import ERRORS, JobListOut, JobOut
+from app.api.responses import ORJSONResponse
+from app.api.routing import OrjsonRoute
+from app.domain.commands import ULID_RE, CreateJob, UserId
+from app.domain.errors import ValidationFailed
+from app.domain.keys import Principal
+from app.domain.views import job_view
+
+router = APIRouter(tags=["jobs"], route_class=OrjsonRoute)
+
+JobIdPath = Annotated[str, Path(pattern=ULID_RE.pattern, description="Job id (ULID)")]
+Reader = Annotated[Principal, Depends(authenticate)]
+Writer = Annotated[Principal, Depends(authenticate_writer)]
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"v1:{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    version, _, job_id = raw.partition(":")
+    if version != "v1" or not ULID_RE.match(job_id):
+        raise ValidationFailed("cursor: invalid pagination cursor", {"field": "cursor"})
+    return job_id
+
+
+@router.post(
+    "/jobs", status_code=201, response_model=JobOut, responses=ERRORS,
+    response_model_exclude_none=True,
+)
+async def create_job(body: CreateJob, request: Request, principal: Writer) -> Any:
+    """Create a plain, parent or child job."""
+    job = await write(request, principal, lambda s: s.create(body))
+    return ORJSONResponse(job_view(job), status_code=201)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
+async def get_job(job_id: JobIdPath, request: Request, principal: Reader) -> Any:
+    """Get one job."""
+    return ORJSONResponse(job_view(await read(request, principal, lambda s: s.get(job_id))))
+
+
+@router.get("/jobs", response_model=JobListOut, responses=ERRORS)
+async def list_jobs(
+    request: Request,
+    principal: Reader,
+    userId: Annotated[UserId, Query(description="The user whose jobs to list")],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Any:
+    """A user's jobs, newest first, with keyset pagination."""
+    before = decode_cursor(cursor) if cursor else None
+    rows = await read(request, principal, lambda s: s.list(userId, before, limit + 1))
+    body: dict[str, Any] = {"jobs": [job_view(r) for r in rows[:limit]]}
+    if len(rows) > limit:
+        body["nextCursor"] = encode_cursor(rows[limit - 1]["id"])
+    return ORJSONResponse(body)

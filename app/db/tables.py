@@ -1,0 +1,149 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations own the real schema."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+# Reproduce PostgreSQL's own constraint names so migrations stay reviewable.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "%(table_name)s_%(column_0_N_name)s_key",
+        "ck": "%(table_name)s_%(constraint_name)s_check",
+        "fk": "%(table_name)s_%(column_0_name)s_fkey",
+        "pk": "%(table_name)s_pkey",
+    }
+)
+
+TS = DateTime(timezone=True)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("app_id", String(100), nullable=False),
+    Column("mode", String(4), nullable=False),
+    Column("kind", String(6), nullable=False),
+    Column("key_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("key_hint", String(40), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("revoked_at", TS),
+    CheckConstraint("mode IN ('live', 'test')", name="mode"),
+    CheckConstraint("kind IN ('secret', 'public')", name="kind"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("app_id", String(100), nullable=False),
+    Column("mode", String(4), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("job_type", String(100), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("workflow_id", String(100)),
+    Column("status", String(10), nullable=False),
+    Column("progress", Integer, nullable=False),
+    Column("message", Text),
+    Column("metadata", JSONB),
+    Column("queue", JSONB),
+    Column("stage", JSONB),
+    Column("result", JSONB),
+    Column("error", JSONB),
+    Column("retryable", Boolean),
+    Column("estimated_completion_at", TS),
+    Column("estimated_duration", Integer),
+    Column("eta_confidence", Double),
+    Column("eta_based_on", Integer),
+    Column("parent_job_id", String(26), ForeignKey("jobs.id", ondelete="CASCADE")),
+    Column("child_index", Integer),
+    Column("total_children", Integer),
+    Column("completed_children", Integer),
+    Column("failed_children", Integer),
+    Column("running_children", Integer),
+    Column("cancelled_children", Integer),
+    Column("child_progress_sum", Integer),
+    Column("child_progress_mode", String(10)),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("started_at", TS),
+    Column("completed_at", TS),
+    Column("expires_at", TS, nullable=False),
+    CheckConstraint(
+        "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')", name="status"
+    ),
+    CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
+    UniqueConstraint("parent_job_id", "child_index"),
+    Index("ix_jobs_owner", "app_id", "mode", "user_id", "id"),
+    Index("ix_jobs_expires_at", "expires_at"),
+)
+
+eta_stats = Table(
+    "eta_stats",
+    metadata,
+    Column("app_id", String(100), primary_key=True),
+    Column("mode", String(4), primary_key=True),
+    Column("eta_key", String(100), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("sum_duration", Double, nullable=False),
+    Column("min_duration", BigInteger),
+    Column("max_duration", BigInteger),
+    Column("default_duration", BigInteger),
+    Column("digest", JSONB, nullable=False),
+    Column("last_updated", TS, nullable=False),
+)
+
+event_streams = Table(
+    "event_streams",
+    metadata,
+    Column("stream_id", BigInteger, Identity(), primary_key=True),
+    Column("app_id", String(100), nullable=False),
+    Column("mode", String(4), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    UniqueConstraint("app_id", "mode", "user_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("stream_id", BigInteger, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("job_id", String(26), nullable=False),
+    Column("event", String(40), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Index("ix_events_created_at", "created_at"),
+    Index("ix_events_job_id", "job_id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("app_id", String(100), primary_key=True),
+    Column("mode", String(4), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", LargeBinary(32), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", LargeBinary, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)

@@ -1,0 +1,170 @@
+"""Validated inputs of every write, with the specification's ranges.
+
+Unknown fields are ignored (the SDKs send ``push``, ``liveActivity`` and more).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
+
+METADATA_MAX_BYTES = 10 * 1024
+RESULT_MAX_BYTES = 100 * 1024
+ERROR_DETAILS_MAX_BYTES = 10 * 1024
+TTL_DEFAULT = 30 * 24 * 3600
+ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_IDENT_BAD = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _storable(value: str) -> str:
+    """Reject what PostgreSQL text cannot hold (NUL) and what UTF-8 cannot encode."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode") from exc
+    return value
+
+
+def _identifier(value: str) -> str:
+    _storable(value)
+    if _IDENT_BAD.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _walk_storable(value: Any) -> None:
+    if isinstance(value, str):
+        _storable(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _walk_storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _walk_storable(item)
+    elif isinstance(value, float) and value != value:  # NaN cannot be stored as JSON
+        raise ValueError("must not contain NaN")
+
+
+def _json_within(limit: int) -> Any:
+    def check(value: Any) -> Any:
+        _walk_storable(value)
+        try:
+            size = len(orjson.dumps(value))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise ValueError("must be JSON-serialisable") from exc
+        if size > limit:
+            raise ValueError(f"must be at most {limit} bytes as JSON (got {size})")
+        return value
+
+    return AfterValidator(check)
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+Ident = Annotated[str, AfterValidator(_identifier)]
+UserId = Annotated[Ident, Field(min_length=1, max_length=255)]
+JobType = Annotated[Ident, Field(min_length=1, max_length=100)]
+Title = Annotated[Text, Field(min_length=1, max_length=200)]
+Message = Annotated[Text, Field(max_length=2000)]
+Metadata = Annotated[dict[str, Any], _json_within(METADATA_MAX_BYTES)]
+JobId = Annotated[str, Field(pattern=ULID_RE.pattern)]
+Count = Annotated[StrictInt, Field(ge=0, le=1_000_000_000)]
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    if not 2000 <= value.year <= 9000:
+        raise ValueError("must be a date between the years 2000 and 9000")
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+
+class QueueInfo(_Input):
+    position: Count
+    total: Count | None = None
+    queueName: Annotated[Text, Field(max_length=100)] | None = None
+
+
+class StageInfo(_Input):
+    name: Annotated[Text, Field(min_length=1, max_length=100)]
+    current: Count | None = None
+    total: Count | None = None
+    description: Annotated[Text, Field(max_length=500)] | None = None
+
+
+class CreateJob(_Input):
+    jobType: JobType
+    userId: UserId
+    title: Title
+    workflowId: JobType | None = None
+    metadata: Metadata | None = None
+    queue: QueueInfo | None = None
+    stage: StageInfo | None = None
+    estimatedCompletionAt: Timestamp | None = None
+    estimatedDuration: Annotated[StrictInt, Field(ge=1000, le=86_400_000)] | None = None
+    ttlSeconds: Annotated[StrictInt, Field(ge=60, le=2_592_000)] = TTL_DEFAULT
+    totalChildren: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
+    childProgressMode: Literal["average", "sequential", "weighted"] | None = None
+    parentJobId: JobId | None = None
+    childIndex: Annotated[StrictInt, Field(ge=0, le=9999)] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> CreateJob:
+        if self.parentJobId is not None and self.totalChildren is not None:
+            raise ValueError("a job is either a parent (totalChildren) or a child (parentJobId)")
+        if (self.parentJobId is None) != (self.childIndex is None):
+            raise ValueError("parentJobId and childIndex must be given together")
+        if self.childProgressMode is not None and self.totalChildren is None:
+            raise ValueError("childProgressMode requires totalChildren")
+        return self
+
+
+class UpdateProgress(_Input):
+    progress: Annotated[StrictInt, Field(ge=0, le=100)]
+    message: Message | None = None
+    queue: QueueInfo | None = None
+    stage: StageInfo | None = None
+    estimatedCompletionAt: Timestamp | None = None
+    metadata: Metadata | None = None
+
+
+class CompleteJob(_Input):
+    result: Annotated[dict[str, Any], _json_within(RESULT_MAX_BYTES)] | None = None
+    message: Message | None = None
+
+
+class JobError(_Input):
+    code: Annotated[Ident, Field(min_length=1, max_length=100)]
+    message: Annotated[Text, Field(min_length=1, max_length=2000)]
+    details: Annotated[dict[str, Any], _json_within(ERROR_DETAILS_MAX_BYTES)] | None = None
+
+
+class FailJob(_Input):
+    error: JobError
+    retryable: StrictBool = False
+
+
+class CancelJob(_Input):
+    reason: Message | None = None

@@ -1,0 +1,301 @@
+"""The job service: state machine, parent aggregates and events, in the caller's transaction.
+
+Lock order is always parent before child, then the user's event stream counter last, so
+concurrent writers never deadlock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ulid import ULID
+
+from app.db.repository import Owner, Repository, Row, UniqueViolation
+from app.domain import eta
+from app.domain.commands import CancelJob, CompleteJob, CreateJob, FailJob, UpdateProgress
+from app.domain.errors import (
+    DuplicateChildIndex,
+    InvalidChildIndex,
+    InvalidJobState,
+    InvalidParent,
+    JobNotFound,
+)
+from app.domain.rules import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    ChildCounts,
+    is_terminal,
+    parent_progress,
+    parent_status,
+)
+from app.domain.views import counts_of, event_view, now_ms
+
+TERMINAL_EVENT = {COMPLETED: "job.completed", FAILED: "job.failed", CANCELLED: "job.cancelled"}
+
+
+@dataclass
+class JobService:
+    """One write (or read) on behalf of ``owner``; events are appended before commit."""
+
+    repo: Repository
+    owner: Owner
+    now: datetime = field(default_factory=now_ms)
+    _events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    _user_id: str | None = None
+    touched_streams: list[int] = field(default_factory=list)
+
+    # --- reads --------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Row:
+        job = await self.repo.get_job(self.owner, job_id, self.now)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def list(self, user_id: str, before_id: str | None, limit: int) -> list[Row]:
+        return await self.repo.list_jobs(self.owner, user_id, before_id, limit, self.now)
+
+    async def with_children(self, job_id: str) -> tuple[Row, list[Row]]:
+        parent = await self.get(job_id)
+        if parent["total_children"] is None:
+            raise InvalidParent(f"Job {job_id} is not a parent job", {"id": job_id})
+        return parent, await self.repo.list_children(job_id)
+
+    # --- writes -------------------------------------------------------------------------
+
+    async def create(self, cmd: CreateJob) -> Row:
+        values: Row = {
+            "id": str(ULID()),
+            "app_id": self.owner.app_id,
+            "mode": self.owner.mode,
+            "user_id": cmd.userId,
+            "job_type": cmd.jobType,
+            "title": cmd.title,
+            "workflow_id": cmd.workflowId,
+            "status": PENDING,
+            "progress": 0,
+            "metadata": cmd.metadata,
+            "queue": _dump(cmd.queue),
+            "stage": _dump(cmd.stage),
+            "estimated_duration": cmd.estimatedDuration,
+            "created_at": self.now,
+            "updated_at": self.now,
+            "expires_at": self.now + timedelta(seconds=cmd.ttlSeconds),
+        }
+        if cmd.totalChildren is not None:
+            values.update(
+                total_children=cmd.totalChildren,
+                completed_children=0,
+                failed_children=0,
+                running_children=0,
+                cancelled_children=0,
+                child_progress_sum=0,
+                child_progress_mode=cmd.childProgressMode or "average",
+            )
+        if cmd.parentJobId is not None:
+            await self._check_parent(cmd)
+            values.update(parent_job_id=cmd.parentJobId, child_index=cmd.childIndex)
+        values.update(await eta.at_creation(self.repo, self.owner, cmd, self.now))
+        try:
+            job = await self.repo.insert_job(values)
+        except UniqueViolation as exc:
+            existing = await self._existing_child(cmd)
+            raise DuplicateChildIndex(
+                f"Parent {cmd.parentJobId} already has a child at index {cmd.childIndex}",
+                {"parentJobId": cmd.parentJobId, "childIndex": cmd.childIndex, **existing},
+            ) from exc
+        self._emit("job.started", job)
+        return job
+
+    async def progress(self, job_id: str, cmd: UpdateProgress) -> Row:
+        job, parent = await self._lock_for_write(job_id)
+        changes: Row = {"progress": cmd.progress, "updated_at": self.now}
+        if job["status"] == PENDING:
+            changes.update(status=RUNNING, started_at=self.now)
+        if cmd.message is not None:
+            changes["message"] = cmd.message
+        if cmd.queue is not None:
+            changes["queue"] = _dump(cmd.queue)
+        if cmd.stage is not None:
+            changes["stage"] = _dump(cmd.stage)
+        if cmd.metadata is not None:
+            changes["metadata"] = {**(job["metadata"] or {}), **cmd.metadata}
+        changes.update(await eta.on_progress(self.repo, self.owner, job, cmd, self.now))
+        return await self._write(job, parent, changes, "job.progress")
+
+    async def complete(self, job_id: str, cmd: CompleteJob) -> Row:
+        job, parent = await self._lock_for_write(job_id)
+        changes: Row = {
+            "status": COMPLETED,
+            "progress": 100,
+            "updated_at": self.now,
+            "completed_at": self.now,
+            "estimated_completion_at": None,
+        }
+        if cmd.result is not None:
+            changes["result"] = cmd.result
+        if cmd.message is not None:
+            changes["message"] = cmd.message
+        updated = await self._write(job, parent, changes, "job.completed")
+        await eta.on_complete(self.repo, self.owner, updated, self.now)
+        return updated
+
+    async def fail(self, job_id: str, cmd: FailJob) -> Row:
+        job, parent = await self._lock_for_write(job_id)
+        changes: Row = {
+            "status": FAILED,
+            "error": cmd.error.model_dump(exclude_none=True),
+            "retryable": cmd.retryable,
+            "updated_at": self.now,
+            "completed_at": self.now,
+            "estimated_completion_at": None,
+        }
+        return await self._write(job, parent, changes, "job.failed")
+
+    async def cancel(self, job_id: str, cmd: CancelJob) -> Row:
+        job, parent = await self._lock_for_write(job_id, allow_parent=True)
+        changes: Row = {
+            "status": CANCELLED,
+            "updated_at": self.now,
+            "completed_at": self.now,
+            "estimated_completion_at": None,
+        }
+        if cmd.reason is not None:
+            changes["message"] = cmd.reason
+        if job["total_children"] is not None:
+            counts = counts_of(job)
+            for child in await self.repo.cancel_unfinished_children(job["id"], self.now):
+                counts = counts.moved(
+                    (child["old_status"], child["progress"]), (CANCELLED, child["progress"])
+                )
+                self._emit("job.cancelled", child)
+            changes.update(_counter_columns(counts))
+            changes["progress"] = parent_progress(job["child_progress_mode"], counts)
+        return await self._write(job, parent, changes, "job.cancelled")
+
+    async def flush_events(self) -> None:
+        """Append the collected events to the user's stream (call once, before commit)."""
+        if self._events and self._user_id is not None:
+            stream_id, _ = await self.repo.append_events(
+                self.owner, self._user_id, self._events, self.now
+            )
+            self.touched_streams.append(stream_id)
+            self._events = []
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _emit(self, name: str, job: Row) -> None:
+        self._user_id = job["user_id"]
+        self._events.append((name, job["id"], event_view(job)))
+
+    async def _check_parent(self, cmd: CreateJob) -> None:
+        assert cmd.parentJobId is not None and cmd.childIndex is not None
+        parent = await self.repo.get_job(self.owner, cmd.parentJobId, self.now)
+        if parent is None or parent["total_children"] is None:
+            raise InvalidParent(
+                f"Parent job {cmd.parentJobId} does not exist or is not a parent",
+                {"parentJobId": cmd.parentJobId},
+            )
+        # Share-lock the parent so a concurrent cancel cannot miss this child.
+        parent = await self.repo.lock_job(cmd.parentJobId, shared=True)
+        assert parent is not None
+        if parent["user_id"] != cmd.userId:
+            raise InvalidParent(
+                "A child's userId must equal its parent's",
+                {"parentJobId": cmd.parentJobId, "userId": cmd.userId},
+            )
+        if cmd.childIndex >= parent["total_children"]:
+            raise InvalidChildIndex(
+                f"childIndex {cmd.childIndex} must be below the parent's totalChildren "
+                f"({parent['total_children']})",
+                {"childIndex": cmd.childIndex, "totalChildren": parent["total_children"]},
+            )
+        if is_terminal(parent["status"]):
+            raise InvalidJobState(
+                f"Parent job {cmd.parentJobId} is {parent['status']}",
+                {"id": cmd.parentJobId, "status": parent["status"]},
+            )
+
+    async def _existing_child(self, cmd: CreateJob) -> Row:
+        assert cmd.parentJobId is not None and cmd.childIndex is not None
+        child = await self.repo.find_child(cmd.parentJobId, cmd.childIndex)
+        return {"existingJobId": child["id"]} if child else {}
+
+    async def _lock_for_write(
+        self, job_id: str, *, allow_parent: bool = False
+    ) -> tuple[Row, Row | None]:
+        """Lock the job (and its parent first, if it is a child) and check it is writable."""
+        parent = None
+        job = await self.repo.lock_plain_job(self.owner, job_id, self.now)
+        if job is None:
+            probe = await self.repo.get_job(self.owner, job_id, self.now)
+            if probe is None:
+                raise JobNotFound(job_id)
+            parent = await self.repo.lock_job(probe["parent_job_id"])
+            job = await self.repo.lock_job(job_id)
+            assert parent is not None and job is not None
+        if is_terminal(job["status"]):
+            raise InvalidJobState(
+                f"Job {job_id} is {job['status']}; it cannot change any more",
+                {"id": job_id, "status": job["status"]},
+            )
+        if job["total_children"] is not None and not allow_parent:
+            raise InvalidJobState(
+                f"Job {job_id} is a parent; its state follows its children",
+                {"id": job_id, "status": job["status"]},
+            )
+        return job, parent
+
+    async def _write(self, job: Row, parent: Row | None, changes: Row, event: str) -> Row:
+        updated = await self.repo.update_job(job["id"], changes)
+        self._emit(event, updated)
+        if parent is not None:
+            await self._update_parent(parent, job, updated)
+        return updated
+
+    async def _update_parent(self, parent: Row, before: Row, after: Row) -> None:
+        """Apply one child's before→after delta to its parent: O(1), never a recount."""
+        self._emit("child.progress", after)
+        if is_terminal(parent["status"]):
+            return
+        counts = counts_of(parent).moved(
+            (before["status"], before["progress"]), (after["status"], after["progress"])
+        )
+        status = parent_status(counts)
+        changes: Row = {
+            **_counter_columns(counts),
+            "progress": parent_progress(parent["child_progress_mode"], counts),
+            "status": status,
+            "updated_at": self.now,
+        }
+        if parent["started_at"] is None and status != PENDING:
+            changes["started_at"] = self.now
+        if is_terminal(status):
+            changes["completed_at"] = self.now
+            changes["estimated_completion_at"] = None
+        changes.update(await eta.for_parent(self.repo, self.owner, parent, changes, self.now))
+        updated = await self.repo.update_job(parent["id"], changes)
+        self._emit("parent.updated", updated)
+        if status != parent["status"] and is_terminal(status):
+            self._emit(TERMINAL_EVENT[status], updated)
+            if status == COMPLETED:
+                await eta.on_complete(self.repo, self.owner, updated, self.now)
+
+
+def _counter_columns(counts: ChildCounts) -> Row:
+    return {
+        "completed_children": counts.completed,
+        "failed_children": counts.failed,
+        "running_children": counts.running,
+        "cancelled_children": counts.cancelled,
+        "child_progress_sum": counts.progress_sum,
+    }
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(exclude_none=True) if model is not None else None

@@ -1,0 +1,50 @@
+"""The application factory and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from app import __version__
+from app.api import children, jobs, transitions
+from app.api.deps import KeyCache
+from app.api.errors import install_error_handlers
+from app.api.routing import BodyLimitMiddleware, OrjsonRoute
+from app.db.engine import create_engine
+from app.realtime.notify import NullNotifier
+from app.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
+    """Build the app. ``database_url`` overrides the settings' URL (embedded server)."""
+    settings = settings or get_settings()
+    url = database_url or settings.database_url
+    if url is None:
+        raise RuntimeError("no database URL: set SEENN_DATABASE_URL or use `seenn-server serve`")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.engine = create_engine(url, settings)
+        app.state.key_cache = KeyCache(settings.auth_cache_seconds)
+        app.state.notifier = NullNotifier()
+        try:
+            yield
+        finally:
+            await app.state.engine.dispose()
+
+    app = FastAPI(
+        title="seenn-server",
+        version=__version__,
+        description="Self-hosted, Seenn-compatible job progress API.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    api = APIRouter(prefix="/v1", route_class=OrjsonRoute)
+    for module in (jobs, children, transitions):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,55 @@
+"""Every setting of the server, read from environment variables (prefix ``SEENN_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Server configuration. Each field is the environment variable ``SEENN_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SEENN_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SEENN_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL URL. Unset: an embedded PostgreSQL is started in data_dir.",
+    )
+    listen_database_url: str | None = Field(
+        default=None,
+        description="Direct (non-PgBouncer) URL for the LISTEN connection; defaults to database_url.",
+    )
+    data_dir: Path = Field(default=Path(".seenn"), description="Embedded PostgreSQL data folder.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1", description="Proxies trusted for X-Forwarded-* headers (comma list)."
+    )
+    graceful_shutdown_seconds: int = Field(default=10, ge=0)
+
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=15000, ge=0)
+
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    sse_max_connection_seconds: float = Field(default=3600.0, gt=0)
+    sse_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    sse_client_buffer: int = Field(default=1000, ge=1)
+    event_retention_hours: float = Field(default=24.0, gt=0)
+
+    log_level: str = "info"
+    log_json: bool = True
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

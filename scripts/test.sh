@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh machine, then run them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System tools for the load-balancer and Dockerfile tests (Debian packages).
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+    || echo "warning: could not install ${missing[*]}; tests that need them will be skipped" >&2
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+exec .venv/bin/pytest "$@"
