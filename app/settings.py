@@ -33,7 +33,7 @@ class Settings(BaseSettings):
 
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
-    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     db_statement_timeout_ms: int = Field(default=15000, ge=0)
 
     auth_cache_seconds: float = Field(default=5.0, ge=0)

@@ -21,15 +21,8 @@ async def create_parent(client: httpx.AsyncClient, total: int, **fields: Any) ->
 async def create_child(
     client: httpx.AsyncClient, parent: dict[str, Any], index: int, **fields: Any
 ) -> dict[str, Any]:
-    return await create_job(
-        client,
-        jobType="image",
-        title=f"Child {index}",
-        userId=parent["userId"],
-        parentJobId=parent["id"],
-        childIndex=index,
-        **fields,
-    )
+    body = {"jobType": "image", "title": f"Child {index}", "userId": parent["userId"], **fields}
+    return await create_job(client, parentJobId=parent["id"], childIndex=index, **body)
 
 
 async def post(client: httpx.AsyncClient, path: str, body: Any = None) -> httpx.Response:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import ARRAY, Text, and_, bindparam, func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.tables import api_keys, jobs
@@ -103,12 +103,13 @@ class Repository:
         return dict(row) if row else None
 
     async def insert_job(self, values: Row) -> Row:
-        try:
-            row = (
-                await self.conn.execute(insert(jobs).values(**values).returning(jobs))
-            ).mappings().one()
-        except IntegrityError as exc:
-            raise UniqueViolation(str(exc.orig)) from exc
+        """Insert a job; a child whose (parent, index) slot is taken raises UniqueViolation."""
+        stmt = pg_insert(jobs).values(**values)
+        if values.get("parent_job_id") is not None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=["parent_job_id", "child_index"])
+        row = (await self.conn.execute(stmt.returning(jobs))).mappings().first()
+        if row is None:
+            raise UniqueViolation(f"{values['parent_job_id']}[{values['child_index']}]")
         return dict(row)
 
     async def update_job(self, job_id: str, values: Row) -> Row:

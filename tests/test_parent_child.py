@@ -1,0 +1,208 @@
+"""Parent and child jobs over the API: counters, progress, status, cancel cascades."""
+
+import pytest
+
+from tests.helpers import (
+    assert_error,
+    complete,
+    create_child,
+    create_job,
+    create_parent,
+    fail,
+    progress,
+)
+
+
+async def get(client, job_id):
+    response = await client.get(f"/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_parent_starts_with_every_child_pending(client):
+    parent = await create_parent(client, 5)
+    assert parent["children"] == {
+        "total": 5, "completed": 0, "failed": 0, "running": 0, "pending": 5, "cancelled": 0
+    }
+    assert parent["childProgressMode"] == "average"
+    assert parent["status"] == "pending" and "parent" not in parent
+
+
+async def test_child_carries_parent_reference_and_no_children(client):
+    parent = await create_parent(client, 2)
+    child = await create_child(client, parent, 1)
+    assert child["parent"] == {"parentJobId": parent["id"], "childIndex": 1}
+    assert "children" not in child and "childProgressMode" not in child
+
+
+async def test_documented_seventy_percent_example(client):
+    parent = await create_parent(client, 5)
+    kids = [await create_child(client, parent, i) for i in range(5)]
+    for kid in kids[:3]:
+        await complete(client, kid["id"])
+    await progress(client, kids[3]["id"], 50)
+    await fail(client, kids[3]["id"])
+    await fail(client, kids[4]["id"])
+    state = await get(client, parent["id"])
+    assert state["progress"] == 70
+    assert state["children"]["completed"] == 3 and state["children"]["failed"] == 2
+    assert state["status"] == "completed"
+
+
+async def test_four_completed_one_failed_is_completed(client):
+    parent = await create_parent(client, 5)
+    kids = [await create_child(client, parent, i) for i in range(5)]
+    await fail(client, kids[2]["id"])
+    for i in (0, 1, 3):
+        await complete(client, kids[i]["id"])
+    assert (await get(client, parent["id"]))["status"] == "running"
+    await complete(client, kids[4]["id"])
+    state = await get(client, parent["id"])
+    assert state["status"] == "completed"
+    assert state["completedAt"] and state["progress"] == 80
+
+
+async def test_all_children_failed_is_failed(client):
+    parent = await create_parent(client, 3)
+    for i in range(3):
+        await fail(client, (await create_child(client, parent, i))["id"])
+    state = await get(client, parent["id"])
+    assert state["status"] == "failed" and state["children"]["failed"] == 3
+
+
+async def test_sequential_mode_counts_completed_children(client):
+    parent = await create_parent(client, 4, childProgressMode="sequential")
+    kids = [await create_child(client, parent, i) for i in range(4)]
+    await progress(client, kids[0]["id"], 90)
+    assert (await get(client, parent["id"]))["progress"] == 0
+    await complete(client, kids[1]["id"])
+    assert (await get(client, parent["id"]))["progress"] == 25
+
+
+async def test_uncreated_children_count_as_pending_zero(client):
+    parent = await create_parent(client, 4)
+    child = await create_child(client, parent, 0)
+    await progress(client, child["id"], 50)
+    state = await get(client, parent["id"])
+    assert state["status"] == "running" and state["progress"] == 13  # round(50 / 4)
+    assert state["children"]["pending"] == 3 and state["children"]["running"] == 1
+    assert state["startedAt"]
+
+
+async def test_get_with_children_orders_by_child_index(client):
+    parent = await create_parent(client, 3)
+    for i in (2, 0, 1):
+        await create_child(client, parent, i, title=f"#{i}")
+    await complete(client, (await client.get(f"/jobs/{parent['id']}/children")).json()
+                   ["children"][0]["id"], result={"url": "u"})
+    body = (await client.get(f"/jobs/{parent['id']}/children")).json()
+    assert body["parent"]["id"] == parent["id"]
+    assert [c["childIndex"] for c in body["children"]] == [0, 1, 2]
+    first = body["children"][0]
+    assert set(first) == {"id", "childIndex", "title", "status", "progress", "result",
+                          "createdAt", "updatedAt", "completedAt"}
+    assert "completedAt" not in body["children"][1]
+
+
+async def test_children_of_a_plain_job_is_invalid_parent(client):
+    job = await create_job(client)
+    assert_error(await client.get(f"/jobs/{job['id']}/children"), 400, "INVALID_PARENT")
+
+
+async def test_child_rules(client):
+    parent = await create_parent(client, 2)
+    plain = await create_job(client)
+    assert_error(
+        await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"], "title": "t",
+                                         "parentJobId": plain["id"], "childIndex": 0}),
+        400, "INVALID_PARENT",
+    )
+    assert_error(
+        await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"], "title": "t",
+                                         "parentJobId": "01HXYZ123456789ABCDEFGHJKM",
+                                         "childIndex": 0}),
+        400, "INVALID_PARENT",
+    )
+    assert_error(
+        await client.post("/jobs", json={"jobType": "i", "userId": "other-user", "title": "t",
+                                         "parentJobId": parent["id"], "childIndex": 0}),
+        400, "INVALID_PARENT",
+    )
+    error = assert_error(
+        await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"], "title": "t",
+                                         "parentJobId": parent["id"], "childIndex": 2}),
+        400, "INVALID_CHILD_INDEX",
+    )
+    assert error["details"]["totalChildren"] == 2
+    first = await create_child(client, parent, 1)
+    error = assert_error(
+        await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"], "title": "t",
+                                         "parentJobId": parent["id"], "childIndex": 1}),
+        409, "DUPLICATE_CHILD_INDEX",
+    )
+    assert error["details"]["existingJobId"] == first["id"]
+
+
+@pytest.mark.parametrize("action", ["progress", "complete", "fail"])
+async def test_parent_state_follows_children_only(client, action):
+    parent = await create_parent(client, 2)
+    body = {"progress": 5, "error": {"code": "X", "message": "y"}}
+    response = await client.post(f"/jobs/{parent['id']}/{action}", json=body)
+    assert_error(response, 400, "INVALID_JOB_STATE")
+
+
+async def test_cancel_parent_cascades_to_unfinished_children(client):
+    parent = await create_parent(client, 4)
+    kids = [await create_child(client, parent, i) for i in range(3)]
+    await complete(client, kids[0]["id"])
+    await progress(client, kids[1]["id"], 40)
+    response = await client.post(f"/jobs/{parent['id']}/cancel", json={"reason": "user quit"})
+    assert response.status_code == 200
+    cancelled = response.json()
+    assert cancelled["status"] == "cancelled" and cancelled["message"] == "user quit"
+    assert cancelled["children"]["completed"] == 1
+    assert cancelled["children"]["cancelled"] == 2
+    assert cancelled["children"]["running"] == 0
+    states = {k["id"]: (await get(client, k["id"]))["status"] for k in kids}
+    assert states == {kids[0]["id"]: "completed", kids[1]["id"]: "cancelled",
+                      kids[2]["id"]: "cancelled"}
+    assert_error(await client.post(f"/jobs/{kids[1]['id']}/progress", json={"progress": 50}),
+                 400, "INVALID_JOB_STATE")
+    late = await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"],
+                                            "title": "t", "parentJobId": parent["id"],
+                                            "childIndex": 3})
+    assert_error(late, 400, "INVALID_JOB_STATE")
+
+
+async def test_cancel_one_child_updates_parent(client):
+    parent = await create_parent(client, 2)
+    a = await create_child(client, parent, 0)
+    b = await create_child(client, parent, 1)
+    await progress(client, a["id"], 30)
+    await client.post(f"/jobs/{a['id']}/cancel")
+    await complete(client, b["id"])
+    state = await get(client, parent["id"])
+    assert state["children"]["cancelled"] == 1 and state["status"] == "completed"
+    assert state["progress"] == 65  # (30 + 100) / 2
+
+
+async def test_stored_counters_equal_a_recount(client, db):
+    parent = await create_parent(client, 6)
+    kids = [await create_child(client, parent, i) for i in range(6)]
+    await progress(client, kids[0]["id"], 10)
+    await progress(client, kids[1]["id"], 70)
+    await complete(client, kids[2]["id"])
+    await fail(client, kids[3]["id"])
+    await client.post(f"/jobs/{kids[4]['id']}/cancel")
+    row = await db.fetchrow("SELECT * FROM jobs WHERE id = $1", parent["id"])
+    recount = await db.fetchrow(
+        """SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
+                  count(*) FILTER (WHERE status = 'failed') AS failed,
+                  count(*) FILTER (WHERE status = 'running') AS running,
+                  count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+                  sum(CASE WHEN status = 'completed' THEN 100 ELSE progress END) AS psum
+           FROM jobs WHERE parent_job_id = $1""",
+        parent["id"],
+    )
+    assert (row["completed_children"], row["failed_children"], row["running_children"],
+            row["cancelled_children"], row["child_progress_sum"]) == tuple(recount)
