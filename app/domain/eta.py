@@ -1,39 +1,201 @@
-"""ETA hooks called by the job service inside each write transaction."""
+"""ETA hooks called by the job service inside each write transaction, and the stats reads.
+
+The key of a job is its ``workflowId``, else its ``jobType``, within the app and mode of the
+caller. Statistics change only when a job completes, in the completing transaction; the
+maths lives in ``app.domain.estimator``.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
+from app.db.eta_repository import EtaRepository
 from app.db.repository import Owner, Repository, Row
+from app.domain import estimator
 from app.domain.commands import CreateJob, UpdateProgress
+from app.domain.errors import NotFound
+from app.domain.rules import is_terminal
+from app.domain.views import iso
+
+# An estimate further out than this is not an estimate; it also keeps datetimes in range.
+_MAX_REMAINING_MS = 366 * 86_400_000
+
+
+class EtaKeyNotFound(NotFound):
+    def __init__(self, eta_key: str) -> None:
+        super().__init__(f"No ETA statistics for key {eta_key!r}", {"etaKey": eta_key})
+
+
+def eta_key_of(job: Row) -> str:
+    return str(job.get("workflow_id") or job["job_type"])
+
+
+def _ms(delta: timedelta) -> float:
+    return max(delta.total_seconds() * 1000, 0.0)
+
+
+def _history(stats: Row | None, given_ms: int | None) -> estimator.History:
+    if stats is None:
+        return estimator.history_of(0, None, None, given_ms)
+    return estimator.history_of(
+        int(stats["count"]), stats["digest"], stats["default_duration"], given_ms
+    )
+
+
+def _eta_columns(
+    history: estimator.History, estimate: estimator.Estimate | None, now: datetime
+) -> Row:
+    if estimate is None:
+        return {}
+    left = min(max(estimate.remaining_ms, 0.0), _MAX_REMAINING_MS)
+    columns: Row = {"estimated_completion_at": now + timedelta(milliseconds=round(left))}
+    if estimate.from_history:
+        columns.update(eta_confidence=history.confidence, eta_based_on=history.count)
+    else:
+        columns.update(eta_confidence=None, eta_based_on=None)
+    return columns
+
+
+# --- hooks -----------------------------------------------------------------------------
 
 
 async def at_creation(repo: Repository, owner: Owner, cmd: CreateJob, now: datetime) -> Row:
-    """ETA columns for a new job: explicit estimate, else the given duration."""
+    """ETA columns for a new job; also records ``estimatedDuration`` as the key's default.
+
+    Order: explicit ``estimatedCompletionAt``; history once the key has 5 completions;
+    the given ``estimatedDuration``; the key's ``defaultDuration``; else no ETA.
+    """
+    key = cmd.workflowId or cmd.jobType
+    stats_repo = EtaRepository(repo.conn)
+    stats = await stats_repo.get(owner, key)
+    given = cmd.estimatedDuration
+    # Only write when the default changes, so creations of one key do not queue on its row.
+    if given is not None and (stats is None or stats["default_duration"] != given):
+        await stats_repo.set_default(owner, key, given, estimator.empty_digest(), now)
     if cmd.estimatedCompletionAt is not None:
         return {"estimated_completion_at": cmd.estimatedCompletionAt}
-    if cmd.estimatedDuration is not None:
-        return {"estimated_completion_at": now + timedelta(milliseconds=cmd.estimatedDuration)}
-    return {}
+    history = _history(stats, given)
+    return _eta_columns(history, estimator.remaining(history, 0, 0), now)
 
 
 async def on_progress(
     repo: Repository, owner: Owner, job: Row, cmd: UpdateProgress, now: datetime
 ) -> Row:
-    """ETA columns after a progress update."""
+    """ETA columns after a progress update: explicit estimate, else pace blended with history."""
+    origin = job["started_at"] or now  # this update starts a pending job
+    state = _milestones(job, cmd.progress, origin, now)
     if cmd.estimatedCompletionAt is not None:
-        return {"estimated_completion_at": cmd.estimatedCompletionAt}
-    return {}
+        return {
+            "eta_state": state,
+            "estimated_completion_at": cmd.estimatedCompletionAt,
+            "eta_confidence": None,
+            "eta_based_on": None,
+        }
+    stats = await EtaRepository(repo.conn).get(owner, eta_key_of(job))
+    history = _history(stats, job["estimated_duration"])
+    estimate = estimator.remaining(history, cmd.progress, _ms(now - origin))
+    return {"eta_state": state, **_eta_columns(history, estimate, now)}
 
 
 async def for_parent(
     repo: Repository, owner: Owner, parent: Row, changes: Row, now: datetime
 ) -> Row:
-    """ETA columns for a parent after one of its children changed."""
-    return {}
+    """ETA columns for a parent after a child changed: its aggregate pace and its own history."""
+    status: str = changes.get("status") or parent["status"]
+    origin = changes.get("started_at") or parent["started_at"]
+    progress = int(changes["progress"] if "progress" in changes else parent["progress"])
+    if is_terminal(status) or origin is None:
+        return {}
+    if progress == parent["progress"] and parent["estimated_completion_at"] is not None:
+        return {}  # nothing new to learn from; keep the standing estimate
+    state = _milestones(parent, progress, origin, now)
+    stats = await EtaRepository(repo.conn).get(owner, eta_key_of(parent))
+    history = _history(stats, parent["estimated_duration"])
+    estimate = estimator.remaining(history, progress, _ms(now - origin))
+    return {"eta_state": state, **_eta_columns(history, estimate, now)}
 
 
-async def on_complete(repo: Repository, owner: Owner, job: Row, now: datetime) -> Any:
-    """Record a completed job's duration in its key's statistics."""
-    return None
+async def on_complete(
+    repo: Repository, owner: Owner, job: Row, now: datetime, before: Row | None = None
+) -> None:
+    """Record a completed job's duration (and progress curve) in its key's statistics.
+
+    ``before`` is the row as it was before completion, for the last progress milestones.
+    """
+    origin = job["started_at"] or job["created_at"]
+    duration = round(_ms(job["completed_at"] - origin))
+    previous = before if before is not None else job
+    state = _milestones(previous, 100, origin, job["completed_at"])
+    stats_repo = EtaRepository(repo.conn)
+    key = eta_key_of(job)
+    stats = await stats_repo.lock(owner, key, estimator.empty_digest(), now)
+    digest = stats["digest"] or estimator.empty_digest()
+    estimator.record(digest, duration, state["m"])
+    count = int(stats["count"])
+    await stats_repo.save(
+        owner,
+        key,
+        {
+            "count": count + 1,
+            "sum_duration": float(stats["sum_duration"]) + duration,
+            "min_duration": duration if count == 0 else min(stats["min_duration"], duration),
+            "max_duration": duration if count == 0 else max(stats["max_duration"], duration),
+            "digest": digest,
+            "last_updated": now,
+        },
+    )
+
+
+def _milestones(job: Row, progress: int, origin: datetime, now: datetime) -> dict[str, Any]:
+    """The job's progress milestones after it moved to ``progress`` at ``now``."""
+    since = _ms(job["updated_at"] - origin) if job["started_at"] is not None else 0.0
+    return estimator.milestones_after(
+        job["eta_state"],
+        int(job["progress"]),
+        progress,
+        min(since, _ms(now - origin)),
+        _ms(now - origin),
+    )
+
+
+# --- the /v1/eta reads and reset ------------------------------------------------------------
+
+
+def stats_view(row: Row) -> dict[str, Any]:
+    """A key's statistics as the API returns them; absent values are omitted, never null."""
+    count = int(row["count"])
+    out: dict[str, Any] = {"etaKey": row["eta_key"], "count": count}
+    if count > 0:
+        low, high = int(row["min_duration"]), int(row["max_duration"])
+        out.update(
+            avgDuration=round(float(row["sum_duration"]) / count),
+            minDuration=low,
+            maxDuration=high,
+        )
+        for name, q in (("p50Duration", 0.5), ("p95Duration", 0.95)):
+            value = estimator.percentile(row["digest"], q)
+            if value is not None:
+                out[name] = min(max(value, low), high)  # bucket midpoints stay within range
+    if row["default_duration"] is not None:
+        out["defaultDuration"] = int(row["default_duration"])
+    out["confidence"] = min(count / estimator.FULL_CONFIDENCE, 1.0)
+    out["lastUpdated"] = iso(row["last_updated"])
+    return out
+
+
+async def get_stats(repo: Repository, owner: Owner, eta_key: str) -> dict[str, Any]:
+    row = await EtaRepository(repo.conn).get(owner, eta_key)
+    if row is None:
+        raise EtaKeyNotFound(eta_key)
+    return stats_view(row)
+
+
+async def list_stats(repo: Repository, owner: Owner) -> list[dict[str, Any]]:
+    return [stats_view(r) for r in await EtaRepository(repo.conn).list(owner)]
+
+
+async def reset(repo: Repository, owner: Owner, eta_key: str) -> dict[str, Any]:
+    """Forget a key's statistics, its percentile state and its default duration."""
+    deleted = await EtaRepository(repo.conn).delete(owner, eta_key)
+    return {"deleted": deleted, "etaKey": eta_key}

@@ -57,7 +57,9 @@ class JobService:
             raise JobNotFound(job_id)
         return job
 
-    async def list(self, user_id: str, before_id: str | None, limit: int) -> list[Row]:
+    async def list_for_user(
+        self, user_id: str, before_id: str | None, limit: int
+    ) -> list[Row]:
         return await self.repo.list_jobs(self.owner, user_id, before_id, limit, self.now)
 
     async def with_children(self, job_id: str) -> tuple[Row, list[Row]]:
@@ -142,7 +144,7 @@ class JobService:
         if cmd.message is not None:
             changes["message"] = cmd.message
         updated = await self._write(job, parent, changes, "job.completed")
-        await eta.on_complete(self.repo, self.owner, updated, self.now)
+        await eta.on_complete(self.repo, self.owner, updated, self.now, before=job)
         return updated
 
     async def fail(self, job_id: str, cmd: FailJob) -> Row:
@@ -284,7 +286,7 @@ class JobService:
         if status != parent["status"] and is_terminal(status):
             self._emit(TERMINAL_EVENT[status], updated)
             if status == COMPLETED:
-                await eta.on_complete(self.repo, self.owner, updated, self.now)
+                await eta.on_complete(self.repo, self.owner, updated, self.now, before=parent)
 
 
 def _counter_columns(counts: ChildCounts) -> Row:

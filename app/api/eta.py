@@ -1,0 +1,92 @@
+"""``/v1/eta``: per-key ETA statistics (list, get) and reset."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, ConfigDict
+
+from app.api.deps import read, write
+from app.api.docs import ERRORS, Omit
+from app.api.jobs import Reader, Writer
+from app.api.responses import ORJSONResponse
+from app.api.routing import OrjsonRoute
+from app.domain import eta
+from app.domain.errors import ValidationFailed
+
+router = APIRouter(tags=["eta"], route_class=OrjsonRoute)
+
+_KEY_MAX = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+EtaKeyPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=_KEY_MAX,
+        pattern="^[^\\x00-\\x1f\\x7f]+$",
+        description="The ETA key (workflowId or jobType), URL-encoded; may contain '/'",
+    ),
+]
+
+
+class EtaStatsOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    etaKey: str
+    count: int
+    avgDuration: int | Omit = None
+    minDuration: int | Omit = None
+    maxDuration: int | Omit = None
+    p50Duration: int | Omit = None
+    p95Duration: int | Omit = None
+    defaultDuration: int | Omit = None
+    confidence: float
+    lastUpdated: str
+
+
+class EtaListOut(BaseModel):
+    stats: list[EtaStatsOut]
+
+
+class EtaResetOut(BaseModel):
+    deleted: bool
+    etaKey: str
+
+
+def checked_key(eta_key: str) -> str:
+    """A key as jobs can have it: 1-100 characters, no control characters; else 400."""
+    if not 1 <= len(eta_key) <= _KEY_MAX or _CONTROL.search(eta_key):
+        raise ValidationFailed(
+            f"etaKey must be 1-{_KEY_MAX} characters without control characters",
+            {"field": "etaKey"},
+        )
+    return eta_key
+
+
+@router.get("/eta", response_model=EtaListOut, responses=ERRORS)
+async def list_eta_stats(request: Request, principal: Reader) -> Any:
+    """Statistics of every ETA key of the caller's app and mode, ordered by key."""
+    stats = await read(request, principal, lambda s: eta.list_stats(s.repo, s.owner))
+    return ORJSONResponse({"stats": stats})
+
+
+# ``:path`` so that keys holding an encoded "/" (any character a workflowId may carry) route.
+@router.get("/eta/{eta_key:path}", response_model=EtaStatsOut, responses=ERRORS)
+async def get_eta_stats(eta_key: EtaKeyPath, request: Request, principal: Reader) -> Any:
+    """One key's statistics; 404 when the key has none."""
+    key = checked_key(eta_key)
+    return ORJSONResponse(
+        await read(request, principal, lambda s: eta.get_stats(s.repo, s.owner, key))
+    )
+
+
+@router.delete("/eta/{eta_key:path}", response_model=EtaResetOut, responses=ERRORS)
+async def reset_eta_stats(eta_key: EtaKeyPath, request: Request, principal: Writer) -> Any:
+    """Forget a key's statistics and default; ``deleted`` says whether it had any."""
+    key = checked_key(eta_key)
+    return ORJSONResponse(
+        await write(request, principal, lambda s: eta.reset(s.repo, s.owner, key))
+    )

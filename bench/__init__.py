@@ -1,0 +1,1 @@
+"""The benchmark suite: ``python -m bench.run [--quick]`` (see docs in ``bench/run.py``)."""

@@ -1,0 +1,247 @@
+"""ETA fields on jobs and the /v1/eta API, against the real server and PostgreSQL."""
+
+import asyncio
+from datetime import datetime
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.conftest import make_app
+from tests.helpers import assert_error, complete, create_child, create_job, create_parent, fail
+from tests.helpers import progress as set_progress
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _eta_seconds(job: dict, since: str = "updatedAt") -> float:
+    """Seconds from the job's ``since`` timestamp to its ETA."""
+    return (_at(job["estimatedCompletionAt"]) - _at(job[since])).total_seconds()
+
+
+async def _backdate_start(db, job_id: str, seconds: float) -> None:
+    await db.execute(
+        "UPDATE jobs SET started_at = started_at - make_interval(secs => $2) WHERE id = $1",
+        job_id,
+        seconds,
+    )
+
+
+async def run_job(client, db, seconds: float, **fields) -> dict:
+    """A job that ran for about ``seconds`` (its start is moved back) and completed."""
+    job = await create_job(client, **fields)
+    await set_progress(client, job["id"], 10)
+    await _backdate_start(db, job["id"], seconds)
+    return await complete(client, job["id"])
+
+
+async def stats_of(client, key: str) -> httpx.Response:
+    return await client.get(f"/eta/{quote(key, safe='')}")
+
+
+async def test_five_completions_turn_on_history_etas_four_do_not(client, db):
+    for _ in range(4):
+        await run_job(client, db, 10, workflowId="wf-threshold")
+    four = await create_job(client, workflowId="wf-threshold")
+    assert "estimatedCompletionAt" not in four
+    assert "etaConfidence" not in four and "etaBasedOn" not in four
+    assert (await stats_of(client, "wf-threshold")).json()["count"] == 4
+
+    await run_job(client, db, 10, workflowId="wf-threshold")
+    five = await create_job(client, workflowId="wf-threshold")
+    assert _eta_seconds(five, "createdAt") == pytest.approx(10, rel=0.1)
+    assert five["etaConfidence"] == pytest.approx(0.1)
+    assert five["etaBasedOn"] == 5
+
+
+async def test_stats_report_count_average_extremes_and_percentiles(client, db):
+    for seconds in range(10, 101, 10):
+        await run_job(client, db, seconds, jobType="render")
+    response = await stats_of(client, "render")
+    assert response.status_code == 200
+    stats = response.json()
+    assert set(stats) == {
+        "etaKey", "count", "avgDuration", "minDuration", "maxDuration",
+        "p50Duration", "p95Duration", "confidence", "lastUpdated",
+    }  # fmt: skip
+    assert stats["etaKey"] == "render" and stats["count"] == 10
+    assert stats["minDuration"] == pytest.approx(10_000, abs=1_000)
+    assert stats["maxDuration"] == pytest.approx(100_000, abs=1_000)
+    assert stats["avgDuration"] == pytest.approx(55_000, abs=1_000)
+    assert stats["p50Duration"] == pytest.approx(50_000, rel=0.03)
+    assert stats["p95Duration"] == pytest.approx(100_000, rel=0.03)
+    assert all(isinstance(stats[k], int) for k in stats if k.endswith("Duration"))
+    assert stats["confidence"] == pytest.approx(0.2)
+    assert stats["lastUpdated"].endswith("Z") and _at(stats["lastUpdated"])
+
+
+async def test_estimated_duration_becomes_the_keys_default(client):
+    first = await create_job(client, workflowId="wf-default", estimatedDuration=120_000)
+    assert _eta_seconds(first, "createdAt") == pytest.approx(120, abs=0.01)
+    assert "etaConfidence" not in first
+    stats = (await stats_of(client, "wf-default")).json()
+    assert stats["count"] == 0 and stats["defaultDuration"] == 120_000
+    assert stats["confidence"] == 0
+    assert "avgDuration" not in stats and None not in stats.values()
+
+    later = await create_job(client, workflowId="wf-default")
+    assert _eta_seconds(later, "createdAt") == pytest.approx(120, abs=0.01)
+    await create_job(client, workflowId="wf-default", estimatedDuration=30_000)
+    assert (await stats_of(client, "wf-default")).json()["defaultDuration"] == 30_000
+    last = await create_job(client, workflowId="wf-default")
+    assert _eta_seconds(last, "createdAt") == pytest.approx(30, abs=0.01)
+    no_key_data = await create_job(client, workflowId="wf-never-seen")
+    assert "estimatedCompletionAt" not in no_key_data
+
+
+async def test_history_beats_a_given_duration_and_an_explicit_eta_beats_history(client, db):
+    for _ in range(5):
+        await run_job(client, db, 10, jobType="ocr")
+    guessed = await create_job(client, jobType="ocr", estimatedDuration=600_000)
+    assert _eta_seconds(guessed, "createdAt") == pytest.approx(10, rel=0.1)
+    assert guessed["etaBasedOn"] == 5
+    explicit = await create_job(
+        client, jobType="ocr", estimatedCompletionAt="2030-01-02T03:04:05.678Z"
+    )
+    assert explicit["estimatedCompletionAt"] == "2030-01-02T03:04:05.678Z"
+    assert "etaConfidence" not in explicit and "etaBasedOn" not in explicit
+
+
+async def test_progress_recalculates_the_eta_and_terminal_jobs_have_none(client, db):
+    job = await create_job(client, jobType="transcode", estimatedDuration=1_000)
+    await set_progress(client, job["id"], 0)
+    await _backdate_start(db, job["id"], 10)
+    half = await set_progress(client, job["id"], 50)
+    # 50 % in 10 s: the pace says 10 s more; the 1 s guess pulls it only a little.
+    assert 5 <= _eta_seconds(half) <= 10.5
+    later = await set_progress(client, job["id"], 90)
+    assert _eta_seconds(later) == pytest.approx(10 / 90 * 10, rel=0.25)
+    explicit = await set_progress(
+        client, job["id"], 95, estimatedCompletionAt="2031-05-06T07:08:09.010Z"
+    )
+    assert explicit["estimatedCompletionAt"] == "2031-05-06T07:08:09.010Z"
+    done = await complete(client, job["id"])
+    assert "estimatedCompletionAt" not in done
+    other = await create_job(client, jobType="transcode-b")
+    await set_progress(client, other["id"], 5)
+    failed = await fail(client, other["id"])
+    assert "estimatedCompletionAt" not in failed
+
+
+async def test_without_history_progress_uses_the_plain_rate(client, db):
+    job = await create_job(client, jobType="plain-rate")
+    await set_progress(client, job["id"], 0)
+    await _backdate_start(db, job["id"], 20)
+    quarter = await set_progress(client, job["id"], 25)
+    assert _eta_seconds(quarter) == pytest.approx(60, rel=0.02)  # (100-25) / (25/20 s)
+
+
+async def test_reset_forgets_a_key_and_404s_after(client, db):
+    await run_job(client, db, 1, workflowId="wf-reset")
+    await run_job(client, db, 1, workflowId="wf-keep")
+    listed = (await client.get("/eta")).json()
+    assert [s["etaKey"] for s in listed["stats"]] == ["wf-keep", "wf-reset"]
+
+    response = await client.delete("/eta/wf-reset")
+    assert response.status_code == 200
+    assert response.json() == {"deleted": True, "etaKey": "wf-reset"}
+    error = assert_error(await stats_of(client, "wf-reset"), 404, "NOT_FOUND")
+    assert error["details"] == {"etaKey": "wf-reset"}
+    assert (await client.delete("/eta/wf-reset")).json() == {
+        "deleted": False,
+        "etaKey": "wf-reset",
+    }
+    assert [s["etaKey"] for s in (await client.get("/eta")).json()["stats"]] == ["wf-keep"]
+    # History starts again from nothing.
+    await run_job(client, db, 1, workflowId="wf-reset")
+    assert (await stats_of(client, "wf-reset")).json()["count"] == 1
+
+
+async def test_unknown_keys_404_and_malformed_keys_400(client):
+    error = assert_error(await stats_of(client, "never-used"), 404, "NOT_FOUND")
+    assert error["details"] == {"etaKey": "never-used"}
+    assert (await client.get("/eta")).json() == {"stats": []}
+    for bad in ("x" * 101, "a%01b"):
+        assert_error(await client.get(f"/eta/{bad}"), 400, "VALIDATION_ERROR")
+        assert_error(await client.delete(f"/eta/{bad}"), 400, "VALIDATION_ERROR")
+    assert_error(await client.get("/eta/"), 400, "VALIDATION_ERROR")
+    assert (await stats_of(client, "x" * 100)).status_code == 404
+
+
+async def test_keys_with_any_characters_round_trip(client, db):
+    key = "team/a b?#%&é✓ + 100%"
+    await run_job(client, db, 1, workflowId=key)
+    response = await stats_of(client, key)
+    assert response.status_code == 200, response.text
+    assert response.json()["etaKey"] == key
+    assert (await client.delete(f"/eta/{quote(key, safe='')}")).json()["deleted"] is True
+
+
+async def test_stats_are_isolated_by_app_and_mode(server, client, keys, db, database_url):
+    await run_job(client, db, 1, workflowId="wf-private")
+    other = await make_app(database_url)
+    for key in (other.secret, other.public, keys.live_secret):
+        async with httpx.AsyncClient(
+            base_url=f"{server.url}/v1", headers={"Authorization": f"Bearer {key}"}
+        ) as c:
+            assert (await c.get("/eta")).json() == {"stats": []}
+            assert_error(await c.get("/eta/wf-private"), 404, "NOT_FOUND")
+            if key != other.public:
+                assert (await c.delete("/eta/wf-private")).json()["deleted"] is False
+    assert (await stats_of(client, "wf-private")).json()["count"] == 1
+
+
+async def test_public_keys_read_stats_but_cannot_reset(server, client, keys, db):
+    await run_job(client, db, 1, workflowId="wf-public")
+    async with httpx.AsyncClient(
+        base_url=f"{server.url}/v1", headers=keys.auth(keys.public)
+    ) as public:
+        assert (await public.get("/eta")).json()["stats"][0]["etaKey"] == "wf-public"
+        assert (await public.get("/eta/wf-public")).json()["count"] == 1
+        assert_error(await public.delete("/eta/wf-public"), 403, "FORBIDDEN")
+    assert (await stats_of(client, "wf-public")).json()["count"] == 1
+    async with httpx.AsyncClient(base_url=f"{server.url}/v1") as anonymous:
+        assert_error(await anonymous.get("/eta"), 401, "UNAUTHORIZED")
+
+
+async def test_only_completed_jobs_feed_the_statistics(client, db):
+    failed = await create_job(client, jobType="flaky")
+    await set_progress(client, failed["id"], 40)
+    await fail(client, failed["id"])
+    cancelled = await create_job(client, jobType="flaky")
+    assert (await client.post(f"/jobs/{cancelled['id']}/cancel", json={})).status_code == 200
+    assert_error(await stats_of(client, "flaky"), 404, "NOT_FOUND")
+    never_started = await create_job(client, jobType="flaky")
+    await complete(client, never_started["id"])  # counts from its creation
+    assert (await stats_of(client, "flaky")).json()["count"] == 1
+
+
+async def test_concurrent_completions_of_one_key_leave_exact_counts(client):
+    jobs = await asyncio.gather(*(create_job(client, workflowId="wf-race") for _ in range(50)))
+    await asyncio.gather(*(set_progress(client, j["id"], 50) for j in jobs))
+    done = await asyncio.gather(*(complete(client, j["id"]) for j in jobs))
+    assert {j["status"] for j in done} == {"completed"}
+    stats = (await stats_of(client, "wf-race")).json()
+    assert stats["count"] == 50
+    assert stats["minDuration"] <= stats["p50Duration"] <= stats["maxDuration"]
+
+
+async def test_parents_get_an_eta_and_feed_their_own_key(client, db):
+    parent = await create_parent(client, 2)
+    first = await create_child(client, parent, 0)
+    second = await create_child(client, parent, 1)
+    await set_progress(client, first["id"], 0)
+    await _backdate_start(db, parent["id"], 10)
+    await set_progress(client, first["id"], 50)  # parent at 25 % after 10 s
+    shown = (await client.get(f"/jobs/{parent['id']}")).json()
+    assert shown["progress"] == 25
+    assert _eta_seconds(shown) == pytest.approx(30, rel=0.05)
+    await complete(client, first["id"])
+    await set_progress(client, second["id"], 10)
+    await complete(client, second["id"])
+    finished = (await client.get(f"/jobs/{parent['id']}")).json()
+    assert finished["status"] == "completed" and "estimatedCompletionAt" not in finished
+    assert (await stats_of(client, "batch")).json()["count"] == 1
+    assert (await stats_of(client, "image")).json()["count"] == 2
