@@ -1,0 +1,169 @@
+"""GET /v1/sse: a user's job events as Server-Sent Events, resumable by event id."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import APIRouter, Request
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
+
+from app.api.deps import bearer_key, owner_of, principal_for_key
+from app.api.limits import acquire_sse_slot
+from app.domain.commands import ULID_RE
+from app.domain.errors import ValidationFailed
+from app.domain.views import event_view, now_ms
+from app.realtime import eventlog
+from app.realtime.hub import Hub, Subscriber, encode
+
+router = APIRouter(tags=["realtime"])
+_USER_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+_SEQ_RE = re.compile(r"^\d{1,18}$")
+_BATCH = 64  # messages joined into one write when a client is behind
+
+
+def _key(request: Request) -> str:
+    if request.headers.get("authorization"):
+        return bearer_key(request)
+    key = request.query_params.get("apiKey") or request.query_params.get("key")
+    if key:
+        return key.strip()
+    return bearer_key(request)  # raises the usual 401
+
+
+def _last_event_id(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    if raw is None or raw.strip() == "":
+        return None
+    if not _SEQ_RE.match(raw.strip()):
+        raise ValidationFailed(
+            "lastEventId must be a non-negative integer event id",
+            {"field": "lastEventId", "value": raw[:100]},
+        )
+    return int(raw.strip())
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _heartbeat() -> ServerSentEvent:
+    return ServerSentEvent(event="heartbeat", data="{}")  # no id: a resume must not skip
+
+
+@router.get(
+    "/sse",
+    summary="Stream a user's job events (Server-Sent Events)",
+    response_class=EventSourceResponse,
+)
+async def sse(request: Request) -> EventSourceResponse:
+    """Auth by Bearer key or ``apiKey``/``key`` query; resume with ``Last-Event-ID``."""
+    principal = await principal_for_key(request, _key(request))
+    request.state.principal = principal
+    user_id = request.query_params.get("userId")
+    if not user_id or not _USER_RE.match(user_id):
+        raise ValidationFailed("userId is required (1-255 characters)", {"field": "userId"})
+    job_id = request.query_params.get("jobId") or None
+    if job_id is not None and not ULID_RE.match(job_id):
+        raise ValidationFailed("jobId must be a job id (ULID)", {"field": "jobId"})
+    last_id = _last_event_id(request)
+    owner = owner_of(principal)
+    state = request.app.state
+    settings = state.settings
+    hub: Hub = state.hub
+
+    slot = acquire_sse_slot(request, principal)
+    sub: Subscriber | None = None
+    try:
+        # All database work happens here; the connection is back in the pool before
+        # the stream starts.
+        async with state.engine.connect() as conn:
+            stream = await eventlog.stream_for(conn, owner, user_id)
+            resume = last_id is not None and last_id <= stream.last_seq
+            if resume and last_id is not None and last_id < stream.last_seq:
+                oldest = await eventlog.oldest_seq(conn, stream.stream_id)
+                resume = oldest is not None and oldest <= last_id + 1
+            start = last_id if resume and last_id is not None else stream.last_seq
+            # Subscribe before reading the backlog; the seq filter removes the overlap.
+            sub = Subscriber(stream.stream_id, start, job_id, settings.sse_client_buffer)
+            hub.add(sub)
+            backlog = await eventlog.backlog(conn, stream.stream_id, start)
+            syncs = (
+                []
+                if resume
+                else await eventlog.unfinished_jobs(conn, owner, user_id, job_id, now_ms())
+            )
+            await conn.rollback()
+    except BaseException:
+        if sub is not None:
+            hub.remove(sub)
+        slot.release()
+        raise
+
+    first = [encode(start, "connected", _json({"userId": user_id, "jobId": job_id}))]
+    first += [encode(None, "job.sync", _json(event_view(row))) for row in syncs]
+    sent = start
+    for row in backlog:
+        if sub.wants(row["seq"], row["job_id"], row["parent_id"]):
+            first.append(encode(row["seq"], row["event"], row["payload"]))
+        sent = row["seq"]
+
+    async def events() -> AsyncIterator[bytes]:
+        nonlocal sent
+        opened = last_sent = time.monotonic()
+        deadline = opened + settings.sse_max_connection_seconds
+        try:
+            yield b"".join(first)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    reason = "maxLifetime"
+                    break
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), remaining)
+                except TimeoutError:
+                    continue
+                chunks: list[bytes] = []
+                stop: str | None = None
+                while True:
+                    seq, data = item
+                    if seq < 0:
+                        stop = "shutdown" if seq == Subscriber.SHUTDOWN else "overflow"
+                        break
+                    if seq > sent:  # dedupe at the backlog/live seam
+                        chunks.append(data)
+                        sent = seq
+                    if len(chunks) >= _BATCH or sub.queue.empty():
+                        break
+                    item = sub.queue.get_nowait()
+                if chunks:
+                    last_sent = time.monotonic()
+                    yield b"".join(chunks)
+                if stop == "overflow":
+                    return  # the client resumes from its last id
+                if stop is not None:
+                    reason = stop
+                    break
+            idle_ms = int((time.monotonic() - last_sent) * 1000)
+            yield encode(None, "connection.idle", _json({"reason": reason, "idleTime": idle_ms}))
+        finally:
+            hub.remove(sub)
+            slot.release()
+
+    def cleanup() -> None:  # also runs when the generator never started
+        hub.remove(sub)
+        slot.release()
+
+    return EventSourceResponse(
+        events(),
+        background=BackgroundTask(cleanup),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        ping=settings.sse_heartbeat_seconds,
+        ping_message_factory=_heartbeat,
+        shutdown_event=hub.shutdown_event,
+        shutdown_grace_period=2.0,
+    )

@@ -1,0 +1,361 @@
+"""GET /v1/sse over real HTTP against a real server and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import pytest
+
+from tests.harness import start_server
+from tests.helpers import (
+    assert_error,
+    complete,
+    create_child,
+    create_job,
+    create_parent,
+    progress,
+)
+from tests.sse_client import open_sse
+
+
+async def test_job_life_in_order(server, keys, client: httpx.AsyncClient) -> None:
+    params = {"userId": "u_life"}
+    async with open_sse(server.url, params, keys.auth(keys.public)) as s:
+        first = await s.next()
+        assert first.event == "connected" and first.data["userId"] == "u_life"
+        job = await create_job(client, userId="u_life")
+        await progress(client, job["id"], 40, message="half")
+        await complete(client, job["id"])
+        got = await s.take(3)
+    assert [m.event for m in got] == ["job.started", "job.progress", "job.completed"]
+    assert [m.data["jobId"] for m in got] == [job["id"]] * 3
+    assert got[1].data["progress"] == 40 and got[2].data["status"] == "completed"
+    ids = [int(m.id) for m in got]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert s.response.headers["cache-control"] == "no-cache"
+    assert s.response.headers["x-accel-buffering"] == "no"
+
+
+@pytest.fixture(scope="module")
+def tuned(database_url, workdir):
+    """A second server process on the same database: fast heartbeats, a tiny client buffer."""
+    proc = start_server(
+        database_url,
+        workdir / "sse-tuned",
+        env={"SEENN_SSE_HEARTBEAT_SECONDS": "0.2", "SEENN_SSE_CLIENT_BUFFER": "4"},
+    )
+    yield proc
+    proc.stop()
+
+
+async def _stream_id(db, keys, user: str, mode: str = "test") -> int:
+    return await db.fetchval(
+        "SELECT stream_id FROM event_streams WHERE app_id=$1 AND mode=$2 AND user_id=$3",
+        keys.app_id,
+        mode,
+        user,
+    )
+
+
+async def test_sync_then_parent_child_events(server, keys, client) -> None:
+    parent = await create_parent(client, 2, userId="u_pc")
+    done = await create_job(client, userId="u_pc")
+    await complete(client, done["id"])
+    async with open_sse(server.url, {"userId": "u_pc", "apiKey": keys.public}) as s:
+        assert (await s.next()).event == "connected"
+        sync = await s.next()
+        assert sync.event == "job.sync" and sync.id is None
+        assert sync.data["jobId"] == parent["id"]  # finished jobs are not synced
+        child = await create_child(client, parent, 0)
+        await progress(client, child["id"], 50)
+        got = await s.take(4)
+    names = [(m.event, m.data["jobId"]) for m in got]
+    assert ("job.started", child["id"]) in names
+    assert ("child.progress", child["id"]) in names
+    assert ("parent.updated", parent["id"]) in names
+    child_progress = next(m for m in got if m.event == "child.progress")
+    assert child_progress.data["parent"]["parentJobId"] == parent["id"]
+
+
+async def test_job_filter_narrows_to_job_and_children(server, keys, client) -> None:
+    parent = await create_parent(client, 2, userId="u_f")
+    other = await create_job(client, userId="u_f")
+    async with open_sse(
+        server.url, {"userId": "u_f", "jobId": parent["id"], "key": keys.public}
+    ) as s:
+        assert (await s.next()).event == "connected"
+        assert (await s.next()).data["jobId"] == parent["id"]
+        await progress(client, other["id"], 10)
+        child = await create_child(client, parent, 1)
+        await progress(client, child["id"], 30)
+        got = await s.take(3)
+    assert [m.data["jobId"] for m in got][0] == child["id"]  # `other` filtered out
+    assert {m.data["jobId"] for m in got} <= {parent["id"], child["id"]}
+    assert {m.event for m in got} >= {"job.started", "child.progress"}
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+async def test_resume_gets_exactly_the_missed_events(server, keys, client, how) -> None:
+    job = await create_job(client, userId=f"u_r{how}")
+    async with open_sse(server.url, {"userId": f"u_r{how}"}, keys.auth()) as s:
+        await progress(client, job["id"], 10)
+        (seen,) = await s.take(1)
+    for value in (20, 30, 40):
+        await progress(client, job["id"], value)
+    params = {"userId": f"u_r{how}"}
+    headers = keys.auth()
+    if how == "header":
+        headers["Last-Event-ID"] = seen.id
+    else:
+        params["lastEventId"] = seen.id
+    async with open_sse(server.url, params, headers) as s:
+        assert (await s.next()).event == "connected"
+        missed = await s.take(3)
+        await progress(client, job["id"], 50)
+        (live,) = await s.take(1)
+        assert [m.data["progress"] for m in missed] == [20, 30, 40]
+        assert live.data["progress"] == 50
+        ids = [int(m.id) for m in [*missed, live]]
+        assert ids == list(range(int(seen.id) + 1, int(seen.id) + 5))
+        with pytest.raises(TimeoutError):  # nothing duplicated at the seam
+            await s.next(wait=1.5, skip=("heartbeat",))
+
+
+async def test_unknown_or_pruned_id_gets_job_sync(server, keys, client, db) -> None:
+    job = await create_job(client, userId="u_old")
+    await progress(client, job["id"], 5)
+    sid = await _stream_id(db, keys, "u_old")
+    await db.execute("DELETE FROM events WHERE stream_id=$1 AND seq=1", sid)  # pruned
+    for last in ("0", "999999"):
+        headers = {**keys.auth(), "Last-Event-ID": last}
+        async with open_sse(server.url, {"userId": "u_old"}, headers) as s:
+            assert (await s.next()).event == "connected"
+            sync = await s.next()
+            assert sync.event == "job.sync" and sync.data["progress"] == 5
+
+
+async def test_bad_requests_are_enveloped(server, keys) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+        assert_error(await c.get("/v1/sse", params={"userId": "u"}), 401, "UNAUTHORIZED")
+        bad = {"userId": "u", "apiKey": "sk_test_nope"}
+        assert_error(await c.get("/v1/sse", params=bad), 401, "UNAUTHORIZED")
+        h = keys.auth()
+        assert_error(await c.get("/v1/sse", headers=h), 400, "VALIDATION_ERROR")
+        r = await c.get("/v1/sse", params={"userId": "u", "lastEventId": "abc"}, headers=h)
+        assert_error(r, 400, "VALIDATION_ERROR")
+        r = await c.get("/v1/sse", params={"userId": "u", "jobId": "nope"}, headers=h)
+        assert_error(r, 400, "VALIDATION_ERROR")
+
+
+async def test_isolation_between_apps_modes_users(server, keys, client, database_url) -> None:
+    from tests.conftest import make_app
+
+    other = await make_app(database_url)
+    async with open_sse(server.url, {"userId": "u_iso"}, keys.auth(keys.public)) as s:
+        assert (await s.next()).event == "connected"
+        async with httpx.AsyncClient(base_url=f"{server.url}/v1", timeout=30) as c:
+            c.headers.update(other.auth())
+            await create_job(c, userId="u_iso")  # another app
+            c.headers.update(keys.auth(keys.live_secret))
+            await create_job(c, userId="u_iso")  # same app, live mode
+        await create_job(client, userId="u_other")  # another user
+        mine = await create_job(client, userId="u_iso")
+        (first,) = await s.take(1)
+        assert first.data["jobId"] == mine["id"]
+        with pytest.raises(TimeoutError):
+            await s.next(wait=1.0, skip=("heartbeat",))
+
+
+async def test_write_on_one_replica_reaches_the_other(server, tuned, keys, client) -> None:
+    async with open_sse(tuned.url, {"userId": "u_x"}, keys.auth(keys.public)) as s:
+        assert (await s.next()).event == "connected"
+        job = await create_job(client, userId="u_x")  # written through `server`
+        (got,) = await s.take(1)
+    assert got.event == "job.started" and got.data["jobId"] == job["id"]
+
+
+async def test_heartbeats_without_id(tuned, keys) -> None:
+    async with open_sse(tuned.url, {"userId": "u_hb"}, keys.auth()) as s:
+        assert (await s.next()).event == "connected"
+        beats = [await s.next(wait=5, skip=()) for _ in range(3)]
+    assert [b.event for b in beats] == ["heartbeat"] * 3
+    assert all(b.id is None for b in beats)
+    gaps = [b.at - a.at for a, b in zip(beats, beats[1:], strict=False)]
+    assert all(0.05 < g < 3 for g in gaps), gaps  # sanity, not speed
+
+
+async def test_buffer_overflow_closes_only_that_client(server, tuned, keys, client, db) -> None:
+    job = await create_job(client, userId="u_slow")
+    sid = await _stream_id(db, keys, "u_slow")
+    async with (
+        open_sse(tuned.url, {"userId": "u_slow"}, keys.auth()) as small,
+        open_sse(server.url, {"userId": "u_slow"}, keys.auth()) as big,
+    ):
+        assert (await small.next()).event == "connected"
+        assert (await big.next()).event == "connected"
+        # One commit with more events than the tiny buffer holds.
+        async with db.transaction():
+            last = await db.fetchval(
+                "UPDATE event_streams SET last_seq = last_seq + 10 WHERE stream_id=$1 "
+                "RETURNING last_seq",
+                sid,
+            )
+            await db.executemany(
+                "INSERT INTO events (stream_id, seq, job_id, event, payload, created_at) "
+                "VALUES ($1, $2, $3, 'job.progress', $4::jsonb, now())",
+                [
+                    (sid, last - 10 + i, job["id"], f'{{"jobId":"{job["id"]}","progress":{i}}}')
+                    for i in range(1, 11)
+                ],
+            )
+        await client.post("/jobs/" + job["id"] + "/progress", json={"progress": 1})
+        got = await big.take(11)
+        assert [int(m.id) for m in got] == list(range(last - 9, last + 2))
+        small_got = []
+        while (m := await small.next(skip=("heartbeat", "job.sync"))) is not None:
+            small_got.append(m)
+        assert len(small_got) < 11  # evicted, stream ended
+    resume_from = small_got[-1].id if small_got else str(last - 10)
+    headers = {**keys.auth(), "Last-Event-ID": resume_from}
+    async with open_sse(server.url, {"userId": "u_slow"}, headers) as s:
+        rest = await s.take(last + 1 - int(resume_from))
+    assert [int(m.id) for m in small_got + rest] == list(range(last - 9, last + 2))
+
+
+async def test_reader_never_skips_an_uncommitted_event(server, keys, client, db) -> None:
+    """A writer holding the stream counter blocks later writers, so ids appear in order."""
+    job = await create_job(client, userId="u_lock")
+    sid = await _stream_id(db, keys, "u_lock")
+    async with open_sse(server.url, {"userId": "u_lock"}, keys.auth()) as s:
+        assert (await s.next()).event == "connected"
+        tx = db.transaction()
+        await tx.start()
+        held = await db.fetchval(
+            "UPDATE event_streams SET last_seq = last_seq + 1 WHERE stream_id=$1 "
+            "RETURNING last_seq",
+            sid,
+        )
+        await db.execute(
+            "INSERT INTO events (stream_id, seq, job_id, event, payload, created_at) "
+            "VALUES ($1, $2, $3, 'job.progress', $4::jsonb, now())",
+            sid,
+            held,
+            job["id"],
+            f'{{"jobId":"{job["id"]}","progress":1}}',
+        )
+        later = asyncio.create_task(progress(client, job["id"], 60))
+        with pytest.raises(TimeoutError):  # the later write cannot become visible first
+            await s.next(wait=1.0, skip=("heartbeat", "job.sync"))
+        assert not later.done()
+        await tx.commit()
+        await later
+        got = await s.take(2)
+    assert [int(m.id) for m in got] == [held, held + 1]
+    assert got[1].data["progress"] == 60
+
+
+async def test_concurrent_writers_and_flapping_subscriber(server, keys, client, db) -> None:
+    user = "u_flap"
+    jobs = [await create_job(client, userId=user) for _ in range(4)]
+    received: list[int] = []
+    stop = asyncio.Event()
+
+    async def subscriber() -> None:
+        last: str | None = "4"  # after the 4 job.started events
+        while not stop.is_set():
+            headers = keys.auth(keys.public)
+            if last is not None:
+                headers["Last-Event-ID"] = last
+            async with open_sse(server.url, {"userId": user}, headers) as s:
+                seen: list[int] = []
+                deadline = asyncio.get_running_loop().time() + random.uniform(0.05, 0.4)
+                while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                    try:
+                        m = await s.next(wait=left, skip=("heartbeat", "connected", "job.sync"))
+                    except TimeoutError:
+                        break
+                    if m is None:
+                        break
+                    seen.append(int(m.id))
+                    last = m.id
+                assert seen == sorted(seen)
+                received.extend(seen)
+        # A final resume collects the tail.
+        headers = keys.auth(keys.public)
+        if last is not None:
+            headers["Last-Event-ID"] = last
+        async with open_sse(server.url, {"userId": user}, headers) as s:
+            while True:
+                try:
+                    m = await s.next(wait=1.5, skip=("heartbeat", "connected", "job.sync"))
+                except TimeoutError:
+                    break
+                received.append(int(m.id))
+
+    async def writer(job_id: str) -> None:
+        for value in range(1, 16):
+            await progress(client, job_id, value)
+
+    sub = asyncio.create_task(subscriber())
+    await asyncio.sleep(0.3)
+    await asyncio.gather(*(writer(j["id"]) for j in jobs))
+    stop.set()
+    await asyncio.wait_for(sub, 60)
+    sid = await _stream_id(db, keys, user)
+    first_live = 5  # the 4 job.started events came before the first connection
+    expected = [
+        r[0]
+        for r in await db.fetch(
+            "SELECT seq FROM events WHERE stream_id=$1 AND seq >= $2 ORDER BY seq", sid, first_live
+        )
+    ]
+    assert len(expected) == 60
+    assert sorted(received) == expected, "every event exactly once"
+    assert len(received) == len(set(received))
+
+
+async def test_max_lifetime_and_shutdown_send_connection_idle(database_url, workdir, keys) -> None:
+    proc = start_server(
+        database_url, workdir / "sse-life", env={"SEENN_SSE_MAX_CONNECTION_SECONDS": "1"}
+    )
+    try:
+        async with open_sse(proc.url, {"userId": "u_life2"}, keys.auth()) as s:
+            assert (await s.next()).event == "connected"
+            idle = await s.next(wait=10)
+            assert idle.event == "connection.idle" and idle.id is None
+            assert idle.data["reason"] == "maxLifetime" and idle.data["idleTime"] >= 0
+            assert await s.next(wait=10) is None  # then the server closes it
+        async with open_sse(proc.url, {"userId": "u_life2"}, keys.auth()) as s:
+            assert (await s.next()).event == "connected"
+            stopper = asyncio.get_running_loop().run_in_executor(None, proc.stop)
+            idle = await s.next(wait=10)
+            assert idle.event == "connection.idle" and idle.data["reason"] == "shutdown"
+            await stopper
+    finally:
+        proc.stop()
+
+
+async def test_pruner_deletes_old_events_in_batches(database_url, keys, client, db) -> None:
+    from app.db.engine import create_engine
+    from app.realtime.retention import prune_once
+    from app.settings import Settings
+
+    job = await create_job(client, userId="u_prune")
+    for value in (1, 2, 3, 4):
+        await progress(client, job["id"], value)
+    sid = await _stream_id(db, keys, "u_prune")
+    await db.execute(
+        "UPDATE events SET created_at = now() - interval '2 hours' WHERE stream_id=$1 AND seq <= 3",
+        sid,
+    )
+    engine = create_engine(database_url, Settings(database_url=database_url))
+    try:
+        deleted = await prune_once(engine, retention_hours=1, batch=2)
+    finally:
+        await engine.dispose()
+    assert deleted >= 3
+    rows = await db.fetch("SELECT seq FROM events WHERE stream_id=$1 ORDER BY seq", sid)
+    left = [r[0] for r in rows]
+    assert left == [4, 5]
