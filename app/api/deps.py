@@ -9,6 +9,7 @@ from typing import TypeVar
 from fastapi import Request
 from sqlalchemy.exc import DBAPIError
 
+from app.api import idempotency, ratelimit
 from app.api.errors import sqlstate
 from app.db.repository import Owner, Repository
 from app.domain.errors import Forbidden, Unauthorized
@@ -70,6 +71,8 @@ async def principal_for_key(request: Request, key: str) -> Principal:
         cache.put(digest, principal)
     if principal is None:
         raise Unauthorized("Invalid API key")
+    # In memory, no round trip; the decision also feeds the X-RateLimit-* headers.
+    ratelimit.enforce(request.state, request.app.state.rate_limiter, principal.key_id)
     return principal
 
 
@@ -103,13 +106,22 @@ async def read(
 async def write(
     request: Request, principal: Principal, action: Callable[[JobService], Awaitable[T]]
 ) -> T:
-    """Run ``action`` in one transaction (events included), retrying deadlocks; notify after."""
+    """Run ``action`` in one transaction (events included), retrying deadlocks; notify after.
+
+    With an ``Idempotency-Key`` the key is claimed first and the response stored before
+    commit, in the same transaction; a retry is answered from the stored response.
+    """
+    idem = await idempotency.from_request(request)
     for attempt in range(_ATTEMPTS):
         try:
             async with request.app.state.engine.begin() as conn:
                 service = JobService(Repository(conn), owner_of(principal))
+                if idem is not None:
+                    await idem.claim(conn, service.owner, service.now)
                 result = await action(service)
                 await service.flush_events()
+                if idem is not None:
+                    await idem.record(conn, service.owner, *idempotency.rendered(request, result))
             break
         except DBAPIError as exc:
             if sqlstate(exc) not in _RETRYABLE_STATES or attempt == _ATTEMPTS - 1:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+# An optional field is omitted when it does not apply, never sent as null: the document
+# says "not required, not nullable" (``SkipJsonSchema[None]`` hides the Python default).
+Omit = SkipJsonSchema[None]
+Percent = Annotated[int, Field(ge=0, le=100)]
+Counter = Annotated[int, Field(ge=0)]
 
 
 class _Out(BaseModel):
@@ -13,16 +22,16 @@ class _Out(BaseModel):
 
 class ParentRef(_Out):
     parentJobId: str
-    childIndex: int
+    childIndex: Counter
 
 
 class ChildCountsOut(_Out):
-    total: int
-    completed: int
-    failed: int
-    running: int
-    pending: int
-    cancelled: int
+    total: Counter
+    completed: Counter
+    failed: Counter
+    running: Counter
+    pending: Counter
+    cancelled: Counter
 
 
 class JobOut(_Out):
@@ -32,45 +41,45 @@ class JobOut(_Out):
     jobType: str
     title: str
     status: Literal["pending", "running", "completed", "failed", "cancelled"]
-    progress: int
-    workflowId: str | None = None
-    message: str | None = None
-    queue: dict[str, Any] | None = None
-    stage: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
-    retryable: bool | None = None
-    estimatedCompletionAt: str | None = None
-    etaConfidence: float | None = None
-    etaBasedOn: int | None = None
+    progress: Percent
+    workflowId: str | Omit = None
+    message: str | Omit = None
+    queue: dict[str, Any] | Omit = None
+    stage: dict[str, Any] | Omit = None
+    result: dict[str, Any] | Omit = None
+    error: dict[str, Any] | Omit = None
+    metadata: dict[str, Any] | Omit = None
+    retryable: bool | Omit = None
+    estimatedCompletionAt: str | Omit = None
+    etaConfidence: float | Omit = None
+    etaBasedOn: int | Omit = None
     createdAt: str
     updatedAt: str
-    startedAt: str | None = None
-    completedAt: str | None = None
+    startedAt: str | Omit = None
+    completedAt: str | Omit = None
     expiresAt: str
-    parent: ParentRef | None = None
-    children: ChildCountsOut | None = None
-    childProgressMode: Literal["average", "sequential", "weighted"] | None = None
+    parent: ParentRef | Omit = None
+    children: ChildCountsOut | Omit = None
+    childProgressMode: Literal["average", "sequential", "weighted"] | Omit = None
 
 
 class JobListOut(_Out):
     jobs: list[JobOut]
-    nextCursor: str | None = None
+    nextCursor: str | Omit = None
 
 
 class ChildSummaryOut(_Out):
     id: str
-    childIndex: int
+    childIndex: Counter
     title: str
-    status: str
-    progress: int
-    message: str | None = None
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    status: Literal["pending", "running", "completed", "failed", "cancelled"]
+    progress: Percent
+    message: str | Omit = None
+    result: dict[str, Any] | Omit = None
+    error: dict[str, Any] | Omit = None
     createdAt: str
     updatedAt: str
-    completedAt: str | None = None
+    completedAt: str | Omit = None
 
 
 class WithChildrenOut(_Out):
@@ -81,7 +90,7 @@ class WithChildrenOut(_Out):
 class ErrorBody(BaseModel):
     code: str
     message: str
-    details: dict[str, Any] | None = None
+    details: dict[str, Any] | Omit = None
 
 
 class ErrorOut(BaseModel):
@@ -102,3 +111,58 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     429: _err("Rate limited"),
     503: _err("Database unavailable"),
 }
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+_UNUSED_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document as the server really behaves.
+
+    FastAPI documents a 422 on every operation, but request validation errors are answered
+    400 with the envelope, so the 422s (and their schemas) are removed; every operation
+    under ``/v1`` needs the Bearer key; 429 and 503 carry ``Retry-After``.
+    """
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+    )
+    doc.setdefault("components", {})["securitySchemes"] = {
+        "bearerKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key: sk_ (read and write) or pk_ (read only)",
+        }
+    }
+    for path, path_item in doc.get("paths", {}).items():
+        for operation in path_item.values():
+            responses = operation.get("responses", {})
+            responses.pop("422", None)
+            for status in ("429", "503"):
+                if status in responses:
+                    responses[status]["headers"] = _RETRY_AFTER
+            if path.startswith("/v1/"):
+                operation["security"] = [{"bearerKey": []}]
+    schemas = doc["components"].get("schemas", {})
+    for name in _UNUSED_SCHEMAS:
+        schemas.pop(name, None)
+    return doc
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve :func:`openapi_document` at ``/openapi.json`` (built once, on first request)."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_document(app)
+        return app.openapi_schema
+
+    app.openapi = build  # type: ignore[method-assign]

@@ -46,8 +46,11 @@ _HTTP_CODES = {
     429: "RATE_LIMITED",
 }
 
-# SQLSTATE classes that mean "the database is not available right now".
-_UNAVAILABLE_STATES = ("08", "53", "57P", "57014")
+# SQLSTATE classes that mean "the database is not available right now": connection
+# failures, resource limits, shutdown, statement timeout, a read-only server (a failover
+# in progress), and transient conflicts that outlived the write's retries (deadlock,
+# serialization failure, lock timeout).
+_UNAVAILABLE_STATES = ("08", "53", "57P", "57014", "25006", "40001", "40P01", "55P03")
 
 
 def sqlstate(exc: BaseException) -> str | None:

@@ -65,7 +65,7 @@ async def list_jobs(
 ) -> Any:
     """A user's jobs, newest first, with keyset pagination."""
     before = decode_cursor(cursor) if cursor else None
-    rows = await read(request, principal, lambda s: s.list(userId, before, limit + 1))
+    rows = await read(request, principal, lambda s: s.list_for_user(userId, before, limit + 1))
     body: dict[str, Any] = {"jobs": [job_view(r) for r in rows[:limit]]}
     if len(rows) > limit:
         body["nextCursor"] = encode_cursor(rows[limit - 1]["id"])

@@ -35,6 +35,9 @@ class OrjsonRoute(APIRoute):
         return route
 
 
+_DRAIN_FACTOR = 8  # how much of an oversized body is read and dropped, in max_bytes
+
+
 class BodyLimitMiddleware:
     """Reject request bodies over ``max_bytes`` with a 413 envelope before any work is done."""
 
@@ -60,7 +63,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._reject(scope, receive, send)
+                await self._reject(scope, receive, send, more=message.get("more_body", False))
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -76,7 +79,11 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _reject(
+        self, scope: Scope, receive: Receive, send: Send, more: bool = True
+    ) -> None:
+        if more:
+            await self._drain(receive)
         response = error_response(
             413,
             "PAYLOAD_TOO_LARGE",
@@ -85,3 +92,19 @@ class BodyLimitMiddleware:
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)
+
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop the rest of the body (up to a bound) before answering.
+
+        Closing a socket that still holds unread data makes the kernel send a reset, and
+        the client would lose the 413 it is owed. Past the bound the connection is simply
+        closed: nobody needs to upload that much to learn the limit.
+        """
+        budget = self.max_bytes * _DRAIN_FACTOR
+        while budget > 0:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            budget -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return

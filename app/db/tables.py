@@ -73,6 +73,7 @@ jobs = Table(
     Column("estimated_duration", Integer),
     Column("eta_confidence", Double),
     Column("eta_based_on", Integer),
+    Column("eta_state", JSONB),  # per-job progress milestones for the ETA engine
     Column("parent_job_id", String(26), ForeignKey("jobs.id", ondelete="CASCADE")),
     Column("child_index", Integer),
     Column("total_children", Integer),

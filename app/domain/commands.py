@@ -23,6 +23,7 @@ from pydantic import (
 METADATA_MAX_BYTES = 10 * 1024
 RESULT_MAX_BYTES = 100 * 1024
 ERROR_DETAILS_MAX_BYTES = 10 * 1024
+JSON_MAX_DEPTH = 32
 TTL_DEFAULT = 30 * 24 * 3600
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _IDENT_BAD = re.compile(r"[\x00-\x1f\x7f]")
@@ -47,17 +48,27 @@ def _identifier(value: str) -> str:
 
 
 def _walk_storable(value: Any) -> None:
-    if isinstance(value, str):
-        _storable(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable(key)
-            _walk_storable(item)
-    elif isinstance(value, list):
-        for item in value:
-            _walk_storable(item)
-    elif isinstance(value, float) and value != value:  # NaN cannot be stored as JSON
-        raise ValueError("must not contain NaN")
+    """Check every key and string of a JSON value, iteratively (no recursion limit to hit).
+
+    Nesting is capped at ``JSON_MAX_DEPTH``: deeper values cannot be re-serialised inside a
+    job or an event (orjson stops at 255 levels) and serve no client.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _storable(item)
+        elif isinstance(item, dict | list):
+            if depth > JSON_MAX_DEPTH:
+                raise ValueError(f"must not be nested more than {JSON_MAX_DEPTH} levels deep")
+            if isinstance(item, dict):
+                for key in item:
+                    _storable(key)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, float) and item != item:  # NaN cannot be stored as JSON
+            raise ValueError("must not contain NaN")
 
 
 def _json_within(limit: int) -> Any:
@@ -74,8 +85,15 @@ def _json_within(limit: int) -> Any:
     return AfterValidator(check)
 
 
-Text = Annotated[str, AfterValidator(_storable)]
-Ident = Annotated[str, AfterValidator(_identifier)]
+# The patterns only document the validators for the OpenAPI document (and its fuzzer).
+Text = Annotated[
+    str, AfterValidator(_storable), Field(json_schema_extra={"pattern": "^[^\\x00]*$"})
+]
+Ident = Annotated[
+    str,
+    AfterValidator(_identifier),
+    Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f]*$"}),
+]
 UserId = Annotated[Ident, Field(min_length=1, max_length=255)]
 JobType = Annotated[Ident, Field(min_length=1, max_length=100)]
 Title = Annotated[Text, Field(min_length=1, max_length=200)]

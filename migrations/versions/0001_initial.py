@@ -47,6 +47,7 @@ CREATE TABLE jobs (
     estimated_duration integer,
     eta_confidence double precision,
     eta_based_on integer,
+    eta_state jsonb,
     parent_job_id varchar(26) CONSTRAINT jobs_parent_job_id_fkey
         REFERENCES jobs (id) ON DELETE CASCADE,
     child_index integer,

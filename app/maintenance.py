@@ -1,0 +1,114 @@
+"""Background maintenance: the sweeper deletes expired jobs and old idempotency records.
+
+Safe to run in every replica at once: each batch is its own short transaction that picks
+rows with ``SKIP LOCKED``, so sweepers share the work instead of waiting for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.sweep_repository import SweepRepository
+from app.domain.views import now_ms
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Reads hide a job the moment it expires; deleting it a minute later means a write that
+# saw the job alive just before it expired never finds its row gone mid-transaction.
+SWEEP_GRACE = timedelta(seconds=60)
+
+
+@dataclass
+class SweepResult:
+    """Rows deleted by one sweep."""
+
+    children: int = 0
+    jobs: int = 0
+    idempotency_keys: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.children + self.jobs + self.idempotency_keys
+
+
+async def _drain(engine: AsyncEngine, batch: Callable[[SweepRepository], Awaitable[int]]) -> int:
+    """Run one kind of batch until a batch deletes nothing; each batch commits on its own."""
+    deleted = 0
+    while True:
+        async with engine.begin() as conn:
+            n = await batch(SweepRepository(conn))
+        deleted += n
+        if n == 0:
+            return deleted
+        await asyncio.sleep(0)  # let requests in between batches
+
+
+async def sweep_once(
+    engine: AsyncEngine,
+    *,
+    batch_size: int = 500,
+    idempotency_retention: timedelta = timedelta(hours=24),
+    now: datetime | None = None,
+    grace: timedelta = SWEEP_GRACE,
+) -> SweepResult:
+    """Delete everything that expired (jobs more than ``grace`` ago), in bounded batches."""
+    now = now or now_ms()
+    expired, stale = now - grace, now - idempotency_retention
+    return SweepResult(
+        children=await _drain(engine, lambda r: r.delete_children_of_expired(expired, batch_size)),
+        jobs=await _drain(engine, lambda r: r.delete_expired_jobs(expired, batch_size)),
+        idempotency_keys=await _drain(
+            engine, lambda r: r.delete_old_idempotency_keys(stale, batch_size)
+        ),
+    )
+
+
+async def run_sweeper(engine: AsyncEngine, settings: Settings) -> None:
+    """Sweep every ``sweep_interval_seconds`` until cancelled; errors are logged, not fatal."""
+    interval = settings.sweep_interval_seconds
+    # A random first delay spreads the replicas' sweeps apart.
+    await asyncio.sleep(random.uniform(0, min(interval, 5.0)))
+    while True:
+        try:
+            result = await sweep_once(
+                engine,
+                batch_size=settings.sweep_batch_size,
+                idempotency_retention=timedelta(hours=settings.idempotency_retention_hours),
+            )
+            if result.total:
+                log.info(
+                    "sweeper deleted %d jobs, %d children, %d idempotency records",
+                    result.jobs,
+                    result.children,
+                    result.idempotency_keys,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a database outage must not end the sweeper
+            log.warning("sweep failed: %s: %s", exc.__class__.__name__, exc)
+        await asyncio.sleep(interval)
+
+
+def start_sweeper(engine: AsyncEngine, settings: Settings) -> asyncio.Task[None] | None:
+    """Start the sweeper task, unless ``sweep_interval_seconds`` is 0."""
+    if settings.sweep_interval_seconds <= 0:
+        return None
+    return asyncio.create_task(run_sweeper(engine, settings), name="seenn-sweeper")
+
+
+async def stop_sweeper(task: asyncio.Task[None] | None) -> None:
+    """Cancel the sweeper and wait for it (a batch in flight rolls back)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
