@@ -8,12 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from app import __version__
-from app.api import children, jobs, transitions
+from app.api import children, eta, health, idempotency, jobs, sse, transitions
 from app.api.deps import KeyCache
+from app.api.docs import install_openapi
 from app.api.errors import install_error_handlers
+from app.api.guards import StrictUrlMiddleware
+from app.api.limits import ConnectionLimiter
+from app.api.ratelimit import RateLimitHeadersMiddleware, limiter_from_settings
 from app.api.routing import BodyLimitMiddleware, OrjsonRoute
 from app.db.engine import create_engine
-from app.realtime.notify import NullNotifier
+from app.maintenance import start_sweeper, stop_sweeper
+from app.realtime.runtime import start_realtime, stop_realtime
 from app.settings import Settings, get_settings
 
 
@@ -29,10 +34,17 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         app.state.settings = settings
         app.state.engine = create_engine(url, settings)
         app.state.key_cache = KeyCache(settings.auth_cache_seconds)
-        app.state.notifier = NullNotifier()
+        realtime = start_realtime(app.state.engine, url, settings)
+        app.state.hub = realtime.hub
+        app.state.notifier = realtime.notifier
+        app.state.rate_limiter = limiter_from_settings(settings)
+        app.state.sse_limiter = ConnectionLimiter(settings.sse_max_connections_per_key)
+        sweeper = start_sweeper(app.state.engine, settings)
         try:
             yield
         finally:
+            await stop_sweeper(sweeper)
+            await stop_realtime(realtime)
             await app.state.engine.dispose()
 
     app = FastAPI(
@@ -42,9 +54,14 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    idempotency.install(app)
+    install_openapi(app)
     api = APIRouter(prefix="/v1", route_class=OrjsonRoute)
-    for module in (jobs, children, transitions):
+    for module in (jobs, children, transitions, eta, sse):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(StrictUrlMiddleware)
+    app.add_middleware(RateLimitHeadersMiddleware)
     return app

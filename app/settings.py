@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Proxies trusted for X-Forwarded-* headers (comma list)."
     )
     graceful_shutdown_seconds: int = Field(default=10, ge=0)
+    keep_alive_seconds: int = Field(
+        default=75,
+        ge=1,
+        description="Idle HTTP keep-alive; longer than a load balancer's upstream idle timeout.",
+    )
 
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
@@ -38,6 +43,22 @@ class Settings(BaseSettings):
 
     auth_cache_seconds: float = Field(default=5.0, ge=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    rate_limit_enabled: bool = Field(default=True, description="Per-key request rate limits.")
+    rate_limit_per_second: float = Field(
+        default=100.0, gt=0, description="Sustained requests per second per API key (per replica)."
+    )
+    rate_limit_burst: int = Field(
+        default=2000,
+        ge=1,
+        description="Requests a key may send at once; covers an SDK createBatch of 1,000 children.",
+    )
+    sse_max_connections_per_key: int = Field(default=100, ge=1)
+    idempotency_retention_hours: float = Field(default=24.0, gt=0)
+    sweep_interval_seconds: float = Field(
+        default=60.0, ge=0, description="Seconds between sweeps of expired data; 0 disables."
+    )
+    sweep_batch_size: int = Field(default=500, ge=1)
 
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
     sse_max_connection_seconds: float = Field(default=3600.0, gt=0)

@@ -1,0 +1,50 @@
+"""Liveness and readiness probes for orchestrators and load balancers (no API key)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Request
+from sqlalchemy import text
+
+from app.api.responses import ORJSONResponse, error_response
+from app.db.migrate import head_revision
+
+log = logging.getLogger(__name__)
+router = APIRouter(include_in_schema=False)
+
+# A readiness probe must answer quickly even when the database hangs.
+READY_TIMEOUT_SECONDS = 3.0
+_HEAD = head_revision()
+
+
+@router.get("/healthz")
+async def healthz() -> ORJSONResponse:
+    """The process is alive and serving HTTP (it does not touch the database)."""
+    return ORJSONResponse({"status": "ok"})
+
+
+def _not_ready(reason: str) -> ORJSONResponse:
+    return error_response(
+        503, "SERVICE_UNAVAILABLE", f"Not ready: {reason}", headers={"Retry-After": "1"}
+    )
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> ORJSONResponse:
+    """Ready to take traffic: not draining, database reachable, schema at the latest migration."""
+    if getattr(request.app.state, "draining", False):
+        return _not_ready("shutting down")
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            async with request.app.state.engine.connect() as conn:
+                revision = (
+                    await conn.execute(text("SELECT version_num FROM alembic_version"))
+                ).scalar_one_or_none()
+    except Exception as error:  # any failure to reach or read the database means not ready
+        log.warning("readiness check failed: %s", error.__class__.__name__)
+        return _not_ready("database unreachable")
+    if revision != _HEAD:
+        return _not_ready(f"database schema is at {revision}, this server needs {_HEAD}")
+    return ORJSONResponse({"status": "ready", "schema": revision})
