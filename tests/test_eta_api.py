@@ -84,7 +84,8 @@ async def test_estimated_duration_becomes_the_keys_default(client):
     stats = (await stats_of(client, "wf-default")).json()
     assert stats["count"] == 0 and stats["defaultDuration"] == 120_000
     assert stats["confidence"] == 0
-    assert "avgDuration" not in stats and None not in stats.values()
+    assert stats["avgDuration"] == stats["minDuration"] == stats["maxDuration"] == 0
+    assert "p50Duration" not in stats and None not in stats.values()
 
     later = await create_job(client, workflowId="wf-default")
     assert _eta_seconds(later, "createdAt") == pytest.approx(120, abs=0.01)

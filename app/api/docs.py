@@ -142,15 +142,25 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
             "description": "An API key: sk_ (read and write) or pk_ (read only)",
         }
     }
+    from app.api import idempotency, ratelimit  # they import this module's shapes
+
     for path, path_item in doc.get("paths", {}).items():
-        for operation in path_item.values():
+        for method, operation in path_item.items():
             responses = operation.get("responses", {})
             responses.pop("422", None)
-            for status in ("429", "503"):
-                if status in responses:
-                    responses[status]["headers"] = _RETRY_AFTER
-            if path.startswith("/v1/"):
-                operation["security"] = [{"bearerKey": []}]
+            if not path.startswith("/v1/"):
+                continue
+            operation["security"] = [{"bearerKey": []}]
+            for status, response in responses.items():
+                headers = response.setdefault("headers", {})
+                if status != "401":  # the limit is per key: a request without one has none
+                    headers.update(ratelimit.OPENAPI_HEADERS)
+                if status in ("429", "503"):
+                    headers.update(_RETRY_AFTER)
+                if method == "post" and status.startswith("2"):
+                    headers.update(idempotency.OPENAPI_REPLAYED_HEADER)
+            if method == "post":
+                operation.setdefault("parameters", []).append(idempotency.OPENAPI_PARAMETER)
     schemas = doc["components"].get("schemas", {})
     for name in _UNUSED_SCHEMAS:
         schemas.pop(name, None)

@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import read, write
 from app.api.docs import ERRORS, Omit
@@ -37,9 +37,9 @@ class EtaStatsOut(BaseModel):
     model_config = ConfigDict(extra="allow")
     etaKey: str
     count: int
-    avgDuration: int | Omit = None
-    minDuration: int | Omit = None
-    maxDuration: int | Omit = None
+    avgDuration: int = Field(ge=0, description="0 while the key has no completion")
+    minDuration: int = Field(ge=0)
+    maxDuration: int = Field(ge=0)
     p50Duration: int | Omit = None
     p95Duration: int | Omit = None
     defaultDuration: int | Omit = None

@@ -165,7 +165,15 @@ def _milestones(job: Row, progress: int, origin: datetime, now: datetime) -> dic
 def stats_view(row: Row) -> dict[str, Any]:
     """A key's statistics as the API returns them; absent values are omitted, never null."""
     count = int(row["count"])
-    out: dict[str, Any] = {"etaKey": row["eta_key"], "count": count}
+    # The clients type avg/min/max as always-present numbers: a key known only by its
+    # default (no completion yet) reports them as 0.
+    out: dict[str, Any] = {
+        "etaKey": row["eta_key"],
+        "count": count,
+        "avgDuration": 0,
+        "minDuration": 0,
+        "maxDuration": 0,
+    }
     if count > 0:
         low, high = int(row["min_duration"]), int(row["max_duration"])
         out.update(
