@@ -9,18 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 import orjson
 
-# Events that come from the event log (and carry its ids); the rest are connection chatter.
-LOG_EVENTS = frozenset(
-    {
-        "job.started",
-        "job.progress",
-        "job.completed",
-        "job.failed",
-        "job.cancelled",
-        "child.progress",
-        "parent.updated",
-    }
-)
+from tests.sse_client import LOG_EVENTS  # events from the log (with ids); the rest is chatter
 
 
 @dataclass
