@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +143,134 @@ def running_server(database_url: str, log_dir: Path, **kwargs: object) -> Iterat
         yield server
     finally:
         server.stop()
+
+
+# --- nginx in front of replicas (deploy/nginx/seenn.conf) -------------------------------
+
+NGINX_SITE = ROOT / "deploy" / "nginx" / "seenn.conf"
+
+
+def nginx_binary() -> str | None:
+    """The nginx executable (Debian installs it in /usr/sbin, often not on PATH)."""
+    import shutil
+
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+def write_nginx_config(
+    directory: Path, upstreams: list[str], port: int, server_lines: tuple[str, ...] = ()
+) -> Path:
+    """A main nginx.conf in ``directory`` around the repository's ``seenn.conf``.
+
+    Only what differs per environment is generated: the process settings (pid, logs and
+    temp files in ``directory``, the current user), ``seenn.d/upstream.conf`` (``upstreams``,
+    host:port each) and ``seenn.d/server.conf`` (a loopback ``listen`` and ``server_lines``).
+    """
+    import grp
+    import pwd
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "seenn.d").mkdir(exist_ok=True)
+    (directory / "seenn.d" / "upstream.conf").write_text(
+        "".join(f"server {u} max_fails=1 fail_timeout=5s;\n" for u in upstreams)
+    )
+    (directory / "seenn.d" / "server.conf").write_text(
+        "".join(f"{line}\n" for line in (f"listen 127.0.0.1:{port};", *server_lines))
+    )
+    user = ""
+    if os.geteuid() == 0:  # workers would otherwise switch to "nobody" and lose the temp dirs
+        user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
+    temp = "\n".join(
+        f"    {name}_temp_path {directory / 'tmp' / name};"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    main = directory / "nginx.conf"
+    main.write_text(
+        f"""{user}
+daemon off;
+worker_processes 1;
+pid {directory / "nginx.pid"};
+error_log {directory / "error.log"} info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {directory / "access.log"};
+{temp}
+    include {NGINX_SITE};
+}}
+"""
+    )
+    (directory / "tmp").mkdir(exist_ok=True)
+    return main
+
+
+def nginx_command(config: Path, *args: str) -> list[str]:
+    binary = nginx_binary()
+    if binary is None:
+        raise RuntimeError("nginx is not installed")
+    # -e: the error log before the configuration is read (the default is under /var/log).
+    return [binary, "-p", str(config.parent), "-c", str(config),
+            "-e", str(config.parent / "error.log"), *args]
+
+
+@dataclass
+class NginxProcess:
+    """An nginx master process (``daemon off``) on a loopback port."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    directory: Path
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGTERM): the master stops its workers, then exits."""
+        if self.process.poll() is not None:
+            return
+        workers = _children(self.process.pid)
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # workers outlive a killed master: end them too
+            self.process.wait(5)
+            for pid in workers:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+
+    def log(self) -> str:
+        path = self.directory / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def start_nginx(
+    directory: Path, upstreams: list[str], server_lines: tuple[str, ...] = ()
+) -> NginxProcess:
+    """Start nginx with the repository's configuration and wait until it answers."""
+    port = free_port()
+    config = write_nginx_config(directory, upstreams, port, server_lines)
+    process = subprocess.Popen(
+        nginx_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    proxy = NginxProcess(f"http://127.0.0.1:{port}", process, directory)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited early:\n{proxy.log()}")
+        try:
+            httpx.get(f"{proxy.url}/healthz", timeout=1)
+            return proxy
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proxy.stop()
+    raise RuntimeError(f"nginx did not start:\n{proxy.log()}")
