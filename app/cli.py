@@ -35,25 +35,17 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
+    from app.main import serve
+    from app.observability import configure_logging
 
+    configure_logging(settings)  # JSON lines (SEENN_LOG_JSON), uvicorn's own included
     url, _handle = resolve_database(settings)
     if settings.database_url is None or args.migrate:
         _migrate(url)
     os.environ["SEENN_DATABASE_URL"] = url
     get_settings.cache_clear()
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_level=settings.log_level,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
-        timeout_keep_alive=settings.keep_alive_seconds,
-        access_log=False,
-    )
+    # Returns after a graceful shutdown on SIGTERM/SIGINT (see app.main.DrainingServer).
+    serve(settings, url, args.host or settings.host, args.port or settings.port)
     return 0
 
 
@@ -119,6 +111,60 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _bootstrap_key(repo: Any, app_id: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Insert ``values`` unless ``app_id`` has an active key; returns the active keys found."""
+    from sqlalchemy import func, select
+
+    # Two first runs at once (say, two init containers) must not both create a key.
+    lock = func.pg_advisory_xact_lock(func.hashtext(f"seenn-keys-bootstrap:{app_id}"))
+    await repo.conn.execute(select(lock))
+    active = [r for r in await repo.list_keys(app_id) if r["revoked_at"] is None]
+    if not active:
+        await repo.insert_key(values)
+    return active
+
+
+def cmd_keys_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
+    """First run: a secret test key for the app, only if it has no active key yet."""
+    from ulid import ULID
+
+    from app.domain.keys import generate_key, hash_key, key_hint
+    from app.domain.views import now_ms
+
+    url, _handle = resolve_database(settings)
+    _migrate(url)
+    key = generate_key("secret", "test")
+    key_id = str(ULID())
+    values = {
+        "id": key_id,
+        "app_id": args.app,
+        "mode": "test",
+        "kind": "secret",
+        "key_hash": hash_key(key),
+        "key_hint": key_hint(key),
+        "created_at": now_ms(),
+    }
+    active = asyncio.run(_with_repo(url, lambda repo: _bootstrap_key(repo, args.app, values)))
+    if active:
+        hints = ", ".join(f"{r['key_hint']} ({r['kind']} {r['mode']})" for r in active)
+        print(
+            f"App {args.app!r} already has {len(active)} active key(s): {hints}.\n"
+            "No key was created (keys are shown only once, when created).\n"
+            f"Create another with: seenn-server keys create --app {args.app}"
+            " [--type secret|public] [--mode test|live]\n"
+            f"  with Docker Compose: docker compose run --rm api keys create --app {args.app}",
+            file=sys.stderr,
+        )
+        return 0
+    print(
+        f"Created secret test key {key_id} for app {args.app!r}; store it now, it is shown"
+        " only once.\nSend it as the header 'Authorization: Bearer <key>'. The key:",
+        file=sys.stderr,
+    )
+    print(key)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seenn-server", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
     revoke.set_defaults(func=cmd_keys_revoke)
+    bootstrap = keys.add_parser(
+        "bootstrap",
+        help="first run: create and print a secret test key unless the app already has a key",
+    )
+    bootstrap.add_argument("--app", required=True)
+    bootstrap.set_defaults(func=cmd_keys_bootstrap)
     return parser
 
 

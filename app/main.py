@@ -1,11 +1,18 @@
-"""The application factory and its lifespan."""
+"""The application factory, its lifespan, and the HTTP server that drains it on SIGTERM."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
+import uvicorn
 from fastapi import APIRouter, FastAPI
+from sse_starlette.sse import AppStatus
+from starlette.types import ASGIApp
 
 from app import __version__
 from app.api import children, eta, health, idempotency, jobs, sse, transitions
@@ -18,8 +25,21 @@ from app.api.ratelimit import RateLimitHeadersMiddleware, limiter_from_settings
 from app.api.routing import BodyLimitMiddleware, OrjsonRoute
 from app.db.engine import create_engine
 from app.maintenance import start_sweeper, stop_sweeper
-from app.realtime.runtime import start_realtime, stop_realtime
+from app.observability import Metrics, ObservabilityMiddleware, RouteTemplates
+from app.realtime.runtime import end_streams, start_realtime, stop_realtime
 from app.settings import Settings, get_settings
+
+log = logging.getLogger("seenn.server")
+
+
+class SeennApp(FastAPI):
+    """FastAPI with the request-id, access-log and metrics middleware outermost: outside
+    Starlette's error middleware, so that even a 500 is counted and carries its id."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return ObservabilityMiddleware(
+            super().build_middleware_stack(), self.state.metrics, RouteTemplates(self)
+        )
 
 
 def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
@@ -32,9 +52,12 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.draining = False
         app.state.engine = create_engine(url, settings)
+        app.state.metrics.watch_engine(app.state.engine)
         app.state.key_cache = KeyCache(settings.auth_cache_seconds)
-        realtime = start_realtime(app.state.engine, url, settings)
+        realtime = start_realtime(app.state.engine, url, settings, app.state.metrics)
+        app.state.realtime = realtime
         app.state.hub = realtime.hub
         app.state.notifier = realtime.notifier
         app.state.rate_limiter = limiter_from_settings(settings)
@@ -47,12 +70,13 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             await stop_realtime(realtime)
             await app.state.engine.dispose()
 
-    app = FastAPI(
+    app = SeennApp(
         title="seenn-server",
         version=__version__,
         description="Self-hosted, Seenn-compatible job progress API.",
         lifespan=lifespan,
     )
+    app.state.metrics = Metrics()
     install_error_handlers(app)
     idempotency.install(app)
     install_openapi(app)
@@ -65,3 +89,66 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.add_middleware(StrictUrlMiddleware)
     app.add_middleware(RateLimitHeadersMiddleware)
     return app
+
+
+# --- serving ------------------------------------------------------------------------------
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn that drains before it stops: /readyz fails at once, SSE clients get
+    ``connection.idle`` after ``shutdown_delay_seconds``, then uvicorn stops accepting and
+    waits up to ``graceful_shutdown_seconds`` for the requests in flight."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, delay: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.delay = delay
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.app.state.draining = True
+        log.info("draining: readiness fails now, streams close in %.1f s", self.delay)
+        await asyncio.sleep(self.delay)  # still serving, so load balancers see /readyz fail
+        if hasattr(self.app.state, "realtime"):
+            end_streams(self.app.state.realtime)
+        # sse-starlette then cancels any stream still open after its grace period.
+        AppStatus.should_exit = True
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings, database_url: str, host: str, port: int) -> None:
+    """Run the HTTP server until SIGTERM or SIGINT, drain, and return (exit status 0).
+
+    Configure logging first (``app.observability.configure_logging``): uvicorn's loggers
+    are left to that configuration.
+    """
+    app = create_app(settings, database_url)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=settings.log_level,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        access_log=False,  # ours has the route and the request id
+    )
+    # Streams must go on during the shutdown delay: the server ends them itself.
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
+    with _signals_end_cleanly():
+        DrainingServer(config, app, settings.shutdown_delay_seconds).run()
+    log.info("server stopped")
+
+
+@contextmanager
+def _signals_end_cleanly() -> Iterator[None]:
+    """uvicorn re-raises the stop signal after its graceful shutdown, which would end the
+    process by that signal; a no-op handler makes it a normal return (exit status 0)."""
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda _sig, _frame: None) for sig in stop_signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

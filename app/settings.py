@@ -29,7 +29,12 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = Field(
         default="127.0.0.1", description="Proxies trusted for X-Forwarded-* headers (comma list)."
     )
-    graceful_shutdown_seconds: int = Field(default=10, ge=0)
+    graceful_shutdown_seconds: int = Field(
+        default=10,
+        ge=0,
+        description="On SIGTERM, how long requests in flight may take to finish before they "
+        "are cancelled.",
+    )
     keep_alive_seconds: int = Field(
         default=75,
         ge=1,
@@ -66,8 +71,20 @@ class Settings(BaseSettings):
     sse_client_buffer: int = Field(default=1000, ge=1)
     event_retention_hours: float = Field(default=24.0, gt=0)
 
-    log_level: str = "info"
-    log_json: bool = True
+    log_level: str = Field(
+        default="info",
+        description="Least severe level logged: critical, error, warning, info (one access line "
+        "per request), debug or trace.",
+    )
+    log_json: bool = Field(
+        default=True, description="One JSON object per log line; false: plain text lines."
+    )
+    shutdown_delay_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="On SIGTERM, keep serving this long with /readyz failing (so load balancers "
+        "stop routing here) before SSE streams are closed and new connections refused.",
+    )
 
 
 @lru_cache

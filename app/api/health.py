@@ -1,11 +1,13 @@
-"""Liveness and readiness probes for orchestrators and load balancers (no API key)."""
+"""Liveness and readiness probes and Prometheus metrics, for orchestrators and monitoring
+(no API key; none of these is in the OpenAPI document)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from app.api.responses import ORJSONResponse, error_response
@@ -25,7 +27,8 @@ async def healthz() -> ORJSONResponse:
     return ORJSONResponse({"status": "ok"})
 
 
-def _not_ready(reason: str) -> ORJSONResponse:
+def _not_ready(reason: str, cause: str = "") -> ORJSONResponse:
+    log.warning("not ready: %s%s", reason, f" ({cause})" if cause else "")
     return error_response(
         503, "SERVICE_UNAVAILABLE", f"Not ready: {reason}", headers={"Retry-After": "1"}
     )
@@ -43,8 +46,13 @@ async def readyz(request: Request) -> ORJSONResponse:
                     await conn.execute(text("SELECT version_num FROM alembic_version"))
                 ).scalar_one_or_none()
     except Exception as error:  # any failure to reach or read the database means not ready
-        log.warning("readiness check failed: %s", error.__class__.__name__)
-        return _not_ready("database unreachable")
+        return _not_ready("database unreachable", error.__class__.__name__)
     if revision != _HEAD:
         return _not_ready(f"database schema is at {revision}, this server needs {_HEAD}")
     return ORJSONResponse({"status": "ready", "schema": revision})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """This process's metrics in the Prometheus text format."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -17,6 +17,7 @@ from app.api.limits import acquire_sse_slot
 from app.domain.commands import ULID_RE
 from app.domain.errors import ValidationFailed
 from app.domain.views import event_view, now_ms
+from app.observability import Metrics
 from app.realtime import eventlog
 from app.realtime.hub import Hub, Subscriber, encode
 
@@ -75,6 +76,7 @@ async def sse(request: Request) -> EventSourceResponse:
     state = request.app.state
     settings = state.settings
     hub: Hub = state.hub
+    metrics: Metrics = state.metrics
 
     slot = acquire_sse_slot(request, principal)
     sub: Subscriber | None = None
@@ -91,6 +93,8 @@ async def sse(request: Request) -> EventSourceResponse:
             # Subscribe before reading the backlog; the seq filter removes the overlap.
             sub = Subscriber(stream.stream_id, start, job_id, settings.sse_client_buffer)
             hub.add(sub)
+            if hub.shutdown_event.is_set():  # draining already: say goodbye at once
+                sub.stop()
             backlog = await eventlog.backlog(conn, stream.stream_id, start)
             syncs = (
                 []
@@ -107,32 +111,32 @@ async def sse(request: Request) -> EventSourceResponse:
     first = [encode(start, "connected", _json({"userId": user_id, "jobId": job_id}))]
     first += [encode(None, "job.sync", _json(event_view(row))) for row in syncs]
     sent = start
+    replayed = 0
     for row in backlog:
         if sub.wants(row["seq"], row["job_id"], row["parent_id"]):
             first.append(encode(row["seq"], row["event"], row["payload"]))
+            replayed += 1
         sent = row["seq"]
 
     async def events() -> AsyncIterator[bytes]:
         nonlocal sent
-        opened = last_sent = time.monotonic()
-        deadline = opened + settings.sse_max_connection_seconds
+        last_sent = time.monotonic()
+        # One timer for the connection's lifetime, not a timeout on every queue read.
+        lifetime = asyncio.get_running_loop().call_later(
+            settings.sse_max_connection_seconds, sub.expire
+        )
+        metrics.sse_connections.inc()
         try:
+            metrics.events_delivered.inc(replayed)
             yield b"".join(first)
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    reason = "maxLifetime"
-                    break
-                try:
-                    item = await asyncio.wait_for(sub.queue.get(), remaining)
-                except TimeoutError:
-                    continue
+                item = await sub.queue.get()
                 chunks: list[bytes] = []
                 stop: str | None = None
                 while True:
                     seq, data = item
                     if seq < 0:
-                        stop = "shutdown" if seq == Subscriber.SHUTDOWN else "overflow"
+                        stop = Subscriber.STOP_REASONS[seq]
                         break
                     if seq > sent:  # dedupe at the backlog/live seam
                         chunks.append(data)
@@ -142,6 +146,7 @@ async def sse(request: Request) -> EventSourceResponse:
                     item = sub.queue.get_nowait()
                 if chunks:
                     last_sent = time.monotonic()
+                    metrics.events_delivered.inc(len(chunks))
                     yield b"".join(chunks)
                 if stop == "overflow":
                     return  # the client resumes from its last id
@@ -151,6 +156,8 @@ async def sse(request: Request) -> EventSourceResponse:
             idle_ms = int((time.monotonic() - last_sent) * 1000)
             yield encode(None, "connection.idle", _json({"reason": reason, "idleTime": idle_ms}))
         finally:
+            lifetime.cancel()
+            metrics.sse_connections.dec()
             hub.remove(sub)
             slot.release()
 

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from app.observability import Metrics
 from app.realtime.hub import Hub, PgNotifier
 from app.realtime.retention import start_pruner, stop_pruner
 from app.settings import Settings
@@ -18,17 +19,24 @@ class Realtime:
     pruner: asyncio.Task[None]
 
 
-def start_realtime(engine: Any, url: str, settings: Settings) -> Realtime:
+def start_realtime(engine: Any, url: str, settings: Settings, metrics: Metrics) -> Realtime:
     """One hub (one LISTEN connection) per process; the notifier also wakes it directly."""
     hub = Hub(engine, settings.listen_database_url or url, settings.sse_poll_interval_seconds)
+    hub.read_lag = metrics.notification_lag
     hub.start()
     notifier = PgNotifier(engine, hub)
     pruner = start_pruner(engine, settings.event_retention_hours)
     return Realtime(hub, notifier, pruner)
 
 
-async def stop_realtime(rt: Realtime) -> None:
+def end_streams(rt: Realtime) -> None:
+    """Ask every SSE stream of this process to send ``connection.idle`` (reason shutdown)
+    and close; streams opened from now on close right after their first messages."""
     rt.hub.shutdown_event.set()
+
+
+async def stop_realtime(rt: Realtime) -> None:
+    end_streams(rt)
     await rt.notifier.close()
     await stop_pruner(rt.pruner)
     await rt.hub.stop()
