@@ -24,8 +24,8 @@ class Settings(BaseSettings):
         description="Direct (non-PgBouncer) URL for the LISTEN connection; defaults to database_url.",
     )
     data_dir: Path = Field(default=Path(".seenn"), description="Embedded PostgreSQL data folder.")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field(default="127.0.0.1", description="Address `serve` listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port `serve` listens on.")
     forwarded_allow_ips: str = Field(
         default="127.0.0.1", description="Proxies trusted for X-Forwarded-* headers (comma list)."
     )
@@ -41,13 +41,36 @@ class Settings(BaseSettings):
         description="Idle HTTP keep-alive; longer than a load balancer's upstream idle timeout.",
     )
 
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
-    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
-    db_statement_timeout_ms: int = Field(default=15000, ge=0)
+    db_pool_size: int = Field(
+        default=10, ge=1, description="Pooled database connections kept per replica."
+    )
+    db_max_overflow: int = Field(
+        default=10,
+        ge=0,
+        description="Extra connections a replica may open above the pool under load.",
+    )
+    db_pool_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a request waits for a free connection before it gets 503 with "
+        "Retry-After.",
+    )
+    db_statement_timeout_ms: int = Field(
+        default=15000,
+        ge=0,
+        description="PostgreSQL statement_timeout for the server's sessions; 0 leaves the "
+        "database's own.",
+    )
 
-    auth_cache_seconds: float = Field(default=5.0, ge=0)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    auth_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a replica caches an API key lookup (a revocation takes at most "
+        "this long to apply); 0 disables.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted; larger gets 413."
+    )
 
     rate_limit_enabled: bool = Field(default=True, description="Per-key request rate limits.")
     rate_limit_per_second: float = Field(
@@ -58,18 +81,44 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests a key may send at once; covers an SDK createBatch of 1,000 children.",
     )
-    sse_max_connections_per_key: int = Field(default=100, ge=1)
-    idempotency_retention_hours: float = Field(default=24.0, gt=0)
+    sse_max_connections_per_key: int = Field(
+        default=100, ge=1, description="Open SSE streams per API key per replica; more get 429."
+    )
+    idempotency_retention_hours: float = Field(
+        default=24.0, gt=0, description="How long an Idempotency-Key and its response are kept."
+    )
     sweep_interval_seconds: float = Field(
         default=60.0, ge=0, description="Seconds between sweeps of expired data; 0 disables."
     )
-    sweep_batch_size: int = Field(default=500, ge=1)
+    sweep_batch_size: int = Field(
+        default=500, ge=1, description="Rows deleted per statement by the sweeper."
+    )
 
-    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
-    sse_max_connection_seconds: float = Field(default=3600.0, gt=0)
-    sse_poll_interval_seconds: float = Field(default=1.0, gt=0)
-    sse_client_buffer: int = Field(default=1000, ge=1)
-    event_retention_hours: float = Field(default=24.0, gt=0)
+    sse_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="Seconds between `heartbeat` events on an SSE stream."
+    )
+    sse_max_connection_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Maximum life of an SSE stream; it ends with `connection.idle` and the "
+        "client reconnects (spreads load across replicas).",
+    )
+    sse_poll_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Fallback read of the event log when no notification arrives.",
+    )
+    sse_client_buffer: int = Field(
+        default=1000,
+        ge=1,
+        description="Events queued for one slow SSE client before its stream is closed (it "
+        "resumes from its last id).",
+    )
+    event_retention_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="How long events are kept for SSE resume; older ids get `job.sync`.",
+    )
 
     log_level: str = Field(
         default="info",

@@ -194,3 +194,31 @@ async def test_the_server_sweeps_in_the_background(
                 await asyncio.sleep(0.1)
             assert await present(db, [gone["id"], stays["id"]]) == {stays["id"]}
             assert (await client.get(f"/jobs/{stays['id']}")).status_code == 200
+
+
+async def test_a_child_of_an_expired_parent_takes_no_writes_and_reads_as_not_found(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    parent = await create_parent(client, 2, ttlSeconds=60)
+    child = await create_child(client, parent, 0, ttlSeconds=3600)
+    await progress(client, child["id"], 30)
+    await expire(db, [parent["id"]])
+    events_before = await events_of(db, [child["id"], parent["id"]])
+    writes = (
+        ("progress", {"progress": 60}),
+        ("complete", {}),
+        ("fail", {"error": {"code": "E", "message": "m"}}),
+        ("cancel", {}),
+    )
+    for action, body in writes:
+        response = await client.post(f"/jobs/{child['id']}/{action}", json=body)
+        error = assert_error(response, 404, "NOT_FOUND")
+        assert error["details"] == {"id": child["id"]}
+    # Nothing changed: neither the child, nor the parent's aggregates, nor the event log.
+    row = await db.fetchrow("SELECT status, progress FROM jobs WHERE id = $1", child["id"])
+    assert (row["status"], row["progress"]) == ("running", 30)
+    row = await db.fetchrow(
+        "SELECT progress, running_children FROM jobs WHERE id = $1", parent["id"]
+    )
+    assert (row["progress"], row["running_children"]) == (15, 1)
+    assert await events_of(db, [child["id"], parent["id"]]) == events_before

@@ -15,7 +15,6 @@ from app.db.repository import Owner, Repository
 from app.domain.errors import Forbidden, Unauthorized
 from app.domain.keys import KEY_RE, Principal, hash_key
 from app.domain.service import JobService
-from app.domain.views import now_ms
 
 T = TypeVar("T")
 _RETRYABLE_STATES = ("40P01", "40001")  # deadlock detected, serialization failure
@@ -64,6 +63,7 @@ async def principal_for_key(request: Request, key: str) -> Principal:
     hit, principal = cache.get(digest)
     if not hit:
         async with request.app.state.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             row = await Repository(conn).find_key(digest)
         principal = None
         if row is not None and row["revoked_at"] is None:
@@ -98,9 +98,32 @@ def owner_of(principal: Principal) -> Owner:
 async def read(
     request: Request, principal: Principal, action: Callable[[JobService], Awaitable[T]]
 ) -> T:
-    """Run a read on a pooled connection."""
-    async with request.app.state.engine.connect() as conn:
-        return await action(JobService(Repository(conn), owner_of(principal)))
+    """Run a read on a pooled connection in autocommit (no BEGIN/ROLLBACK round trips).
+
+    A read that finds its pooled connection dead (the database restarted) is retried once
+    on a fresh connection: reads are idempotent, and the pool has been invalidated.
+    """
+    for attempt in range(2):
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await action(JobService(Repository(conn), owner_of(principal)))
+        except DBAPIError as exc:
+            if attempt or not _stale_connection(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _stale_connection(exc: DBAPIError) -> bool:
+    """A pooled connection found dead (invalidated), not a stalled server (a timeout)."""
+    if not exc.connection_invalidated:
+        return False
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return True
 
 
 async def write(
@@ -113,6 +136,7 @@ async def write(
     """
     idem = await idempotency.from_request(request)
     for attempt in range(_ATTEMPTS):
+        committing = False
         try:
             async with request.app.state.engine.begin() as conn:
                 service = JobService(Repository(conn), owner_of(principal))
@@ -122,9 +146,12 @@ async def write(
                 await service.flush_events()
                 if idem is not None:
                     await idem.record(conn, service.owner, *idempotency.rendered(request, result))
+                committing = True
             break
         except DBAPIError as exc:
-            if sqlstate(exc) not in _RETRYABLE_STATES or attempt == _ATTEMPTS - 1:
+            # A connection found dead before COMMIT was sent committed nothing: retry once.
+            stale = not committing and attempt == 0 and _stale_connection(exc)
+            if not stale and (sqlstate(exc) not in _RETRYABLE_STATES or attempt == _ATTEMPTS - 1):
                 raise
     request.app.state.notifier.notify(service.touched_streams)
     return result

@@ -84,6 +84,9 @@ async def sse(request: Request) -> EventSourceResponse:
         # All database work happens here; the connection is back in the pool before
         # the stream starts.
         async with state.engine.connect() as conn:
+            # Autocommit: READ COMMITTED gives each statement its own snapshot anyway, and
+            # it saves the BEGIN and ROLLBACK round trips.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             stream = await eventlog.stream_for(conn, owner, user_id)
             resume = last_id is not None and last_id <= stream.last_seq
             if resume and last_id is not None and last_id < stream.last_seq:

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-from sqlalchemy.engine import make_url
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.util import await_
 
 from app.settings import Settings
 
-# How long a new connection may take, and a pre-ping of a pooled one, before the database
-# counts as unreachable. Short: a stalled server (network partition, frozen host) accepts
-# TCP but never answers, and requests must turn into 503s, not hang.
+# How long a new connection may take before the database counts as unreachable. Short: a
+# stalled server (network partition, frozen host) accepts TCP but never answers, and
+# requests must turn into 503s, not hang.
 CONNECT_TIMEOUT_SECONDS = 5.0
-PING_TIMEOUT_SECONDS = 2.0
 # Client-side bound on any one command when the server enforces none (statement_timeout=0).
 FALLBACK_COMMAND_TIMEOUT_SECONDS = 30.0
 # The client waits this much longer than statement_timeout, so that normally the server
 # cancels first (a clean error on a usable connection) and the client bound only fires
 # when the server is stalled.
 _GRACE_SECONDS = 2.0
+# SQLSTATEs after which the session is gone: connection exceptions, admin/crash shutdown.
+_DEAD_STATES = ("08", "57P01", "57P02", "57P03")
+_DEAD_TYPES = (
+    TimeoutError,
+    OSError,
+    asyncpg.exceptions.InterfaceError,  # "connection is closed", "operation in progress"
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
 
 
 def async_url(url: str) -> str:
@@ -43,25 +49,41 @@ def command_timeout(settings: Settings) -> float:
     return FALLBACK_COMMAND_TIMEOUT_SECONDS
 
 
-def _bounded_ping(dbapi_connection: Any) -> bool:
-    """The asyncpg dialect's pre-ping, bounded by ``PING_TIMEOUT_SECONDS``.
+def means_dead_connection(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what caused it) shows the connection itself is unusable."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, _DEAD_TYPES):
+            return True
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(_DEAD_STATES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
-    A ping that times out raises ``TimeoutError``: the pool discards the connection and the
-    request is answered 503 at once instead of waiting for the command timeout.
+
+def _invalidate_dead(context: ExceptionContext) -> None:
+    """Treat timeouts and lost sessions as disconnects.
+
+    SQLAlchemy then discards the connection and every pooled connection older than it, so
+    the next checkout connects afresh: recovery after a database restart or stall costs one
+    failed request per in-flight connection, and no per-checkout ping.
     """
-    ping = getattr(dbapi_connection, "_async_ping", None)
-    if ping is None:  # an adapter without the coroutine: its own, unbounded ping
-        dbapi_connection.ping()
-        return True
-    try:
-        await_(asyncio.wait_for(ping(), PING_TIMEOUT_SECONDS))
-    except Exception as error:
-        dbapi_connection._handle_exception(error)
-    return True
+    if not context.is_disconnect and means_dead_connection(context.original_exception):
+        context.is_disconnect = True
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def create_engine(url: str, settings: Settings) -> AsyncEngine:
-    """The application's engine: a bounded pool whose waiters time out."""
+    """The application's engine: a bounded pool whose waiters time out, no pre-ping.
+
+    A dead pooled connection is found by the request that uses it (an error that
+    invalidates the pool, answered 503, reads retried once); pinging on every checkout
+    cost three round trips per request.
+    """
     server_settings = {"application_name": "seenn-server"}
     if settings.db_statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
@@ -70,13 +92,18 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         pool_recycle=1800,
+        # JSON(B) columns through orjson: the ETA digest is read on every progress write.
+        # Request bodies are validated with orjson, so everything stored round-trips.
+        json_serializer=_dumps,
+        json_deserializer=orjson.loads,
         connect_args={
             "server_settings": server_settings,
             "timeout": CONNECT_TIMEOUT_SECONDS,
             "command_timeout": command_timeout(settings),
+            "prepared_statement_cache_size": 256,
         },
     )
-    engine.dialect.do_ping = _bounded_ping  # type: ignore[method-assign]
+    event.listen(engine.sync_engine, "handle_error", _invalidate_dead)
     return engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,6 +33,28 @@ def _blank(owner: Owner, eta_key: str, digest: dict[str, Any], now: datetime) ->
     }
 
 
+# Built once (bound by name), so each execution hits the compiled statement cache.
+_BY_KEY = (
+    (eta_stats.c.app_id == bindparam("app_id"))
+    & (eta_stats.c.mode == bindparam("mode"))
+    & (eta_stats.c.eta_key == bindparam("eta_key"))
+)
+_GET = select(eta_stats).where(_BY_KEY)
+# The no-op ``DO UPDATE`` takes the row lock even when the row exists.
+_LOCK = (
+    pg_insert(eta_stats)
+    .values(
+        {c: bindparam(c) for c in ("app_id", "mode", "eta_key", "count", "sum_duration")}
+        | {"digest": bindparam("digest", type_=eta_stats.c.digest.type)}
+        | {"last_updated": bindparam("last_updated")}
+    )
+    .on_conflict_do_update(
+        index_elements=["app_id", "mode", "eta_key"], set_={"count": eta_stats.c.count}
+    )
+    .returning(eta_stats)
+)
+
+
 class EtaRepository:
     """Reads and row-locked writes of one app/mode's ETA statistics."""
 
@@ -40,8 +62,8 @@ class EtaRepository:
         self.conn = conn
 
     async def get(self, owner: Owner, eta_key: str) -> Row | None:
-        row = (await self.conn.execute(select(eta_stats).where(_key(owner, eta_key)))).mappings()
-        found = row.first()
+        params = {"app_id": owner.app_id, "mode": owner.mode, "eta_key": eta_key}
+        found = (await self.conn.execute(_GET, params)).mappings().first()
         return dict(found) if found else None
 
     async def list(self, owner: Owner) -> list[Row]:
@@ -58,19 +80,8 @@ class EtaRepository:
         The no-op ``DO UPDATE`` takes the row lock even when the row exists, so concurrent
         completions of one key serialise here and every count stays exact.
         """
-        stmt = (
-            pg_insert(eta_stats)
-            .values(**_blank(owner, eta_key, empty, now))
-            .on_conflict_do_update(
-                index_elements=["app_id", "mode", "eta_key"],
-                set_={"count": eta_stats.c.count},
-            )
-            .returning(eta_stats)
-        )
-        return dict((await self.conn.execute(stmt)).mappings().one())
-
-    async def save(self, owner: Owner, eta_key: str, values: Row) -> None:
-        await self.conn.execute(update(eta_stats).where(_key(owner, eta_key)).values(**values))
+        params = _blank(owner, eta_key, empty, now)
+        return dict((await self.conn.execute(_LOCK, params)).mappings().one())
 
     async def set_default(
         self, owner: Owner, eta_key: str, default_ms: int, empty: dict[str, Any], now: datetime

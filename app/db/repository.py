@@ -5,14 +5,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, Text, and_, bindparam, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Text,
+    TextClause,
+    bindparam,
+    column,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.tables import api_keys, jobs
+from app.db.tables import api_keys, eta_stats, jobs
 
 Row = dict[str, Any]
 
@@ -29,32 +42,153 @@ class UniqueViolation(Exception):
     """An insert hit a unique constraint."""
 
 
-def _owned(owner: Owner, now: datetime) -> Any:
-    return and_(
-        jobs.c.app_id == owner.app_id,
-        jobs.c.mode == owner.mode,
-        jobs.c.expires_at > now,
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A row change kept for a write's final statement: ``UPDATE table SET values WHERE key``
+    (or, with ``insert``, an INSERT of ``values`` that skips a taken child slot)."""
+
+    table: str
+    key: Row
+    values: Row
+    insert: bool = False
+
+
+_TABLES = {t.name: t for t in (jobs, eta_stats)}
+
+
+# Statements are built once, with named parameters, so every execution hits SQLAlchemy's
+# compiled cache and the connection's prepared statement cache.
+_OWNED = "app_id = :app_id AND mode = :mode AND expires_at > :now"
+_GET_JOB = select(jobs).where(
+    jobs.c.id == bindparam("id"),
+    jobs.c.app_id == bindparam("app_id"),
+    jobs.c.mode == bindparam("mode"),
+    jobs.c.expires_at > bindparam("now"),
+)
+_LIST_JOBS = (
+    select(jobs)
+    .where(
+        jobs.c.user_id == bindparam("user_id"),
+        jobs.c.app_id == bindparam("app_id"),
+        jobs.c.mode == bindparam("mode"),
+        jobs.c.expires_at > bindparam("now"),
     )
+    .order_by(jobs.c.id.desc())
+    .limit(bindparam("limit"))
+)
+_LIST_JOBS_BEFORE = _LIST_JOBS.where(jobs.c.id < bindparam("before_id"))
+_LIST_CHILDREN = (
+    select(jobs).where(jobs.c.parent_job_id == bindparam("parent_id")).order_by(jobs.c.child_index)
+)
+_FIND_CHILD = select(jobs).where(
+    jobs.c.parent_job_id == bindparam("parent_id"), jobs.c.child_index == bindparam("index")
+)
+_FIND_KEY = select(api_keys).where(api_keys.c.key_hash == bindparam("key_hash"))
+
+# A locked job comes with its ETA key's statistics (LEFT JOIN: none yet), so a progress
+# write needs no separate read of ``eta_stats``. ``eta_*`` columns are split off the row.
+_WITH_ETA = """
+    SELECT j.*, s.count AS eta_count, s.digest AS eta_digest,
+           s.default_duration AS eta_default_duration
+    FROM jobs j LEFT JOIN eta_stats s
+      ON s.app_id = j.app_id AND s.mode = j.mode
+     AND s.eta_key = coalesce(nullif(j.workflow_id, ''), j.job_type)
+"""
+# Declared result columns let SQLAlchemy cache the result metadata with the statement.
+_JOINED = (
+    *jobs.c,
+    column("eta_count", BigInteger),
+    column("eta_digest", JSONB),
+    column("eta_default_duration", BigInteger),
+)
+_LOCK_PLAIN = text(
+    _WITH_ETA
+    + "WHERE j.id = :id AND j.parent_job_id IS NULL AND j."
+    + _OWNED.replace(" AND ", " AND j.")
+    + " FOR UPDATE OF j"
+).columns(*_JOINED)
+# The parent of a live child, itself live (an expired parent hides its children).
+_LOCK_PARENT_OF = text(
+    _WITH_ETA
+    + "WHERE j.id = (SELECT c.parent_job_id FROM jobs c WHERE c.id = :id AND c."
+    + _OWNED.replace(" AND ", " AND c.")
+    + ") AND j.expires_at > :now FOR UPDATE OF j"
+).columns(*_JOINED)
+_LOCK_BY_ID = text(_WITH_ETA + "WHERE j.id = :id FOR UPDATE OF j").columns(*_JOINED)
+_SHARE_LOCK_OWNED = text("SELECT * FROM jobs WHERE id = :id AND " + _OWNED + " FOR SHARE")
+_ETA_COLUMNS = ("eta_count", "eta_digest", "eta_default_duration")
 
 
-_APPEND_EVENTS = text(
-    """
-    WITH s AS (
+def _split_eta(row: Any) -> tuple[Row, Row | None]:
+    """A joined row as (job, its key's stats or None)."""
+    job = dict(row)
+    count, digest, default = (job.pop(c) for c in _ETA_COLUMNS)
+    if count is None:
+        return job, None
+    return job, {"count": count, "digest": digest, "default_duration": default}
+
+
+# Bumps the user's stream counter (row-locked until commit: the last lock a write takes)
+# and inserts the events with the seqs it reserved, so a stream stays gapless.
+_APPEND_CTES = """
+    s AS (
         INSERT INTO event_streams AS es (app_id, mode, user_id, last_seq)
         VALUES (:app_id, :mode, :user_id, :n)
         ON CONFLICT (app_id, mode, user_id) DO UPDATE SET last_seq = es.last_seq + :n
         RETURNING stream_id, last_seq
+    ),
+    appended AS (
+        INSERT INTO events (stream_id, seq, job_id, event, payload, created_at)
+        SELECT s.stream_id, s.last_seq - :n + e.ord, e.job_id, e.event, e.payload::jsonb, :now
+        FROM s, unnest(:job_ids, :names, :payloads)
+             WITH ORDINALITY AS e(job_id, event, payload, ord)
+        RETURNING seq
     )
-    INSERT INTO events (stream_id, seq, job_id, event, payload, created_at)
-    SELECT s.stream_id, s.last_seq - :n + e.ord, e.job_id, e.event, e.payload::jsonb, :now
-    FROM s, unnest(:job_ids, :names, :payloads) WITH ORDINALITY AS e(job_id, event, payload, ord)
-    RETURNING stream_id, seq
-    """
-).bindparams(
+"""
+_EVENT_PARAMS = (
     bindparam("job_ids", type_=ARRAY(Text)),
     bindparam("names", type_=ARRAY(Text)),
     bindparam("payloads", type_=ARRAY(Text)),
 )
+# One result row per event appended (the events metric counts rows of INSERT INTO events).
+_APPEND_EVENTS = text(
+    "WITH" + _APPEND_CTES + "SELECT s.stream_id, s.last_seq FROM s, appended"
+).bindparams(*_EVENT_PARAMS)
+
+
+Shape = tuple[str, tuple[str, ...], tuple[str, ...], bool]  # table, key, values, insert
+
+
+@lru_cache(maxsize=512)
+def _write_statement(shapes: tuple[Shape, ...]) -> TextClause:
+    """One statement: each staged row change, then the events appended.
+
+    Updated rows are already row-locked by this transaction, so the only lock it takes is
+    the stream counter's, last. Cached per shape: a handful of shapes cover every write.
+    The third column counts the rows changed (an insert into a taken slot changes none).
+    """
+    ctes, params = [], []
+    for i, (name, key, columns, inserting) in enumerate(shapes):
+        table = _TABLES[name]
+        if inserting:
+            ctes.append(
+                f"c{i} AS (INSERT INTO {name} ({', '.join(columns)})"
+                f" VALUES ({', '.join(f':c{i}_{c}' for c in columns)})"
+                " ON CONFLICT (parent_job_id, child_index) DO NOTHING RETURNING 1)\n"
+            )
+        else:
+            sets = ", ".join(f"{c} = :c{i}_{c}" for c in columns)
+            where = " AND ".join(f"{k} = :c{i}_k_{k}" for k in key)
+            ctes.append(f"c{i} AS (UPDATE {name} SET {sets} WHERE {where} RETURNING 1)\n")
+            params += [bindparam(f"c{i}_k_{k}", type_=table.c[k].type) for k in key]
+        params += [bindparam(f"c{i}_{c}", type_=table.c[c].type) for c in columns]
+    changed = " + ".join(f"(SELECT count(*) FROM c{i})" for i in range(len(shapes)))
+    sql = (
+        f"WITH {', '.join(ctes)}, {_APPEND_CTES}"
+        f"SELECT s.stream_id, s.last_seq, {changed} FROM s, appended"
+    )
+    return text(sql).bindparams(*params, *_EVENT_PARAMS)
+
 
 _CANCEL_CHILDREN = text(
     """
@@ -82,39 +216,39 @@ class Repository:
     # --- jobs -------------------------------------------------------------------------
 
     async def get_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
-        stmt = select(jobs).where(jobs.c.id == job_id, _owned(owner, now))
-        row = (await self.conn.execute(stmt)).mappings().first()
+        params = {"id": job_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
+        row = (await self.conn.execute(_GET_JOB, params)).mappings().first()
         return dict(row) if row else None
 
-    async def lock_plain_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
-        """Lock and return the job if it is not a child (children lock their parent first)."""
-        stmt = (
-            select(jobs)
-            .where(jobs.c.id == job_id, jobs.c.parent_job_id.is_(None), _owned(owner, now))
-            .with_for_update()
-        )
-        row = (await self.conn.execute(stmt)).mappings().first()
+    async def lock_plain_job(
+        self, owner: Owner, job_id: str, now: datetime
+    ) -> tuple[Row, Row | None] | None:
+        """Lock the job if it is not a child (children lock their parent first).
+
+        Returns ``(job, stats of its ETA key or None)``.
+        """
+        params = {"id": job_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
+        row = (await self.conn.execute(_LOCK_PLAIN, params)).mappings().first()
+        return _split_eta(row) if row else None
+
+    async def lock_parent_of(
+        self, owner: Owner, child_id: str, now: datetime
+    ) -> tuple[Row, Row | None] | None:
+        """Lock the parent of a live child, if the parent is live too; with its ETA stats."""
+        params = {"id": child_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
+        row = (await self.conn.execute(_LOCK_PARENT_OF, params)).mappings().first()
+        return _split_eta(row) if row else None
+
+    async def lock_job(self, job_id: str) -> tuple[Row, Row | None] | None:
+        """Lock a job row by id alone (a child whose parent is locked); with its ETA stats."""
+        row = (await self.conn.execute(_LOCK_BY_ID, {"id": job_id})).mappings().first()
+        return _split_eta(row) if row else None
+
+    async def share_lock_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
+        """Share-lock a live job (a parent taking a new child: a cancel cannot miss it)."""
+        params = {"id": job_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
+        row = (await self.conn.execute(_SHARE_LOCK_OWNED, params)).mappings().first()
         return dict(row) if row else None
-
-    async def lock_job(self, job_id: str, *, shared: bool = False) -> Row | None:
-        """Lock a job row by id alone (used for a parent whose ownership is already known)."""
-        stmt = select(jobs).where(jobs.c.id == job_id).with_for_update(read=shared)
-        row = (await self.conn.execute(stmt)).mappings().first()
-        return dict(row) if row else None
-
-    async def insert_job(self, values: Row) -> Row:
-        """Insert a job; a child whose (parent, index) slot is taken raises UniqueViolation."""
-        stmt = pg_insert(jobs).values(**values)
-        if values.get("parent_job_id") is not None:
-            stmt = stmt.on_conflict_do_nothing(index_elements=["parent_job_id", "child_index"])
-        row = (await self.conn.execute(stmt.returning(jobs))).mappings().first()
-        if row is None:
-            raise UniqueViolation(f"{values['parent_job_id']}[{values['child_index']}]")
-        return dict(row)
-
-    async def update_job(self, job_id: str, values: Row) -> Row:
-        stmt = update(jobs).where(jobs.c.id == job_id).values(**values).returning(jobs)
-        return dict((await self.conn.execute(stmt)).mappings().one())
 
     async def cancel_unfinished_children(self, parent_id: str, now: datetime) -> list[Row]:
         """Cancel every unfinished child; rows carry ``old_status``."""
@@ -124,21 +258,25 @@ class Repository:
     async def list_jobs(
         self, owner: Owner, user_id: str, before_id: str | None, limit: int, now: datetime
     ) -> list[Row]:
-        stmt = select(jobs).where(jobs.c.user_id == user_id, _owned(owner, now))
+        params = {
+            "user_id": user_id,
+            "app_id": owner.app_id,
+            "mode": owner.mode,
+            "now": now,
+            "limit": limit,
+        }
+        stmt = _LIST_JOBS
         if before_id is not None:
-            stmt = stmt.where(jobs.c.id < before_id)
-        stmt = stmt.order_by(jobs.c.id.desc()).limit(limit)
-        return [dict(r) for r in (await self.conn.execute(stmt)).mappings()]
+            stmt, params["before_id"] = _LIST_JOBS_BEFORE, before_id
+        return [dict(r) for r in (await self.conn.execute(stmt, params)).mappings()]
 
     async def list_children(self, parent_id: str) -> list[Row]:
-        stmt = select(jobs).where(jobs.c.parent_job_id == parent_id).order_by(jobs.c.child_index)
-        return [dict(r) for r in (await self.conn.execute(stmt)).mappings()]
+        result = await self.conn.execute(_LIST_CHILDREN, {"parent_id": parent_id})
+        return [dict(r) for r in result.mappings()]
 
     async def find_child(self, parent_id: str, child_index: int) -> Row | None:
-        stmt = select(jobs).where(
-            jobs.c.parent_job_id == parent_id, jobs.c.child_index == child_index
-        )
-        row = (await self.conn.execute(stmt)).mappings().first()
+        params = {"parent_id": parent_id, "index": child_index}
+        row = (await self.conn.execute(_FIND_CHILD, params)).mappings().first()
         return dict(row) if row else None
 
     # --- events -----------------------------------------------------------------------
@@ -155,24 +293,44 @@ class Repository:
         The stream counter row stays locked until commit, so a stream's events become
         visible in sequence order with no gaps. Returns ``(stream_id, last_seq)``.
         """
-        params = {
-            "app_id": owner.app_id,
-            "mode": owner.mode,
-            "user_id": user_id,
-            "n": len(items),
-            "job_ids": [job_id for _, job_id, _ in items],
-            "names": [name for name, _, _ in items],
-            "payloads": [orjson.dumps(payload).decode() for _, _, payload in items],
-            "now": now,
-        }
-        rows = (await self.conn.execute(_APPEND_EVENTS, params)).all()
-        return rows[-1][0], max(r[1] for r in rows)
+        params = _event_params(owner, user_id, items, now)
+        row = (await self.conn.execute(_APPEND_EVENTS, params)).first()
+        assert row is not None, "no events to append"
+        return row[0], row[1]
+
+    async def write(
+        self,
+        owner: Owner,
+        user_id: str,
+        changes: Sequence[Staged],
+        items: Sequence[tuple[str, str, dict[str, Any]]],
+        now: datetime,
+    ) -> tuple[int, int]:
+        """Apply the staged row changes and append ``items``, in one statement.
+
+        Returns ``(stream_id, last_seq)`` like :meth:`append_events`; raises
+        ``UniqueViolation`` when a staged child insert found its slot taken.
+        """
+        if not changes:
+            return await self.append_events(owner, user_id, items, now)
+        params = _event_params(owner, user_id, items, now)
+        shapes = []
+        for i, change in enumerate(changes):
+            shapes.append((change.table, tuple(change.key), tuple(change.values), change.insert))
+            params.update((f"c{i}_k_{k}", v) for k, v in change.key.items())
+            params.update((f"c{i}_{c}", v) for c, v in change.values.items())
+        row = (await self.conn.execute(_write_statement(tuple(shapes)), params)).first()
+        assert row is not None, "no events to append"
+        if row[2] != len(changes):
+            if any(change.insert for change in changes):
+                raise UniqueViolation("child slot taken")
+            raise RuntimeError(f"changed {row[2]} of {len(changes)} locked rows")
+        return row[0], row[1]
 
     # --- keys -------------------------------------------------------------------------
 
     async def find_key(self, key_hash: bytes) -> Row | None:
-        stmt = select(api_keys).where(api_keys.c.key_hash == key_hash)
-        row = (await self.conn.execute(stmt)).mappings().first()
+        row = (await self.conn.execute(_FIND_KEY, {"key_hash": key_hash})).mappings().first()
         return dict(row) if row else None
 
     async def insert_key(self, values: Row) -> None:
@@ -194,3 +352,18 @@ class Repository:
 
     async def database_now(self) -> datetime:
         return (await self.conn.execute(select(func.now()))).scalar_one()
+
+
+def _event_params(
+    owner: Owner, user_id: str, items: Sequence[tuple[str, str, dict[str, Any]]], now: datetime
+) -> Row:
+    return {
+        "app_id": owner.app_id,
+        "mode": owner.mode,
+        "user_id": user_id,
+        "n": len(items),
+        "job_ids": [job_id for _, job_id, _ in items],
+        "names": [name for name, _, _ in items],
+        "payloads": [orjson.dumps(payload).decode() for _, _, payload in items],
+        "now": now,
+    }

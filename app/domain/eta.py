@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.db.eta_repository import EtaRepository
-from app.db.repository import Owner, Repository, Row
+from app.db.repository import Owner, Repository, Row, Staged
 from app.domain import estimator
 from app.domain.commands import CreateJob, UpdateProgress
 from app.domain.errors import NotFound
@@ -79,10 +79,11 @@ async def at_creation(repo: Repository, owner: Owner, cmd: CreateJob, now: datet
     return _eta_columns(history, estimator.remaining(history, 0, 0), now)
 
 
-async def on_progress(
-    repo: Repository, owner: Owner, job: Row, cmd: UpdateProgress, now: datetime
-) -> Row:
-    """ETA columns after a progress update: explicit estimate, else pace blended with history."""
+def on_progress(job: Row, stats: Row | None, cmd: UpdateProgress, now: datetime) -> Row:
+    """ETA columns after a progress update: explicit estimate, else pace blended with history.
+
+    ``stats`` are the job's key statistics, read with the job's row lock.
+    """
     origin = job["started_at"] or now  # this update starts a pending job
     state = _milestones(job, cmd.progress, origin, now)
     if cmd.estimatedCompletionAt is not None:
@@ -92,15 +93,12 @@ async def on_progress(
             "eta_confidence": None,
             "eta_based_on": None,
         }
-    stats = await EtaRepository(repo.conn).get(owner, eta_key_of(job))
     history = _history(stats, job["estimated_duration"])
     estimate = estimator.remaining(history, cmd.progress, _ms(now - origin))
     return {"eta_state": state, **_eta_columns(history, estimate, now)}
 
 
-async def for_parent(
-    repo: Repository, owner: Owner, parent: Row, changes: Row, now: datetime
-) -> Row:
+def for_parent(parent: Row, stats: Row | None, changes: Row, now: datetime) -> Row:
     """ETA columns for a parent after a child changed: its aggregate pace and its own history."""
     status: str = changes.get("status") or parent["status"]
     origin = changes.get("started_at") or parent["started_at"]
@@ -110,7 +108,6 @@ async def for_parent(
     if progress == parent["progress"] and parent["estimated_completion_at"] is not None:
         return {}  # nothing new to learn from; keep the standing estimate
     state = _milestones(parent, progress, origin, now)
-    stats = await EtaRepository(repo.conn).get(owner, eta_key_of(parent))
     history = _history(stats, parent["estimated_duration"])
     estimate = estimator.remaining(history, progress, _ms(now - origin))
     return {"eta_state": state, **_eta_columns(history, estimate, now)}
@@ -118,10 +115,11 @@ async def for_parent(
 
 async def on_complete(
     repo: Repository, owner: Owner, job: Row, now: datetime, before: Row | None = None
-) -> None:
+) -> Staged:
     """Record a completed job's duration (and progress curve) in its key's statistics.
 
     ``before`` is the row as it was before completion, for the last progress milestones.
+    Locks the key's row now; returns its new values, for the write's final statement.
     """
     origin = job["started_at"] or job["created_at"]
     duration = round(_ms(job["completed_at"] - origin))
@@ -133,9 +131,9 @@ async def on_complete(
     digest = stats["digest"] or estimator.empty_digest()
     estimator.record(digest, duration, state["m"])
     count = int(stats["count"])
-    await stats_repo.save(
-        owner,
-        key,
+    return Staged(
+        "eta_stats",
+        {"app_id": owner.app_id, "mode": owner.mode, "eta_key": key},
         {
             "count": count + 1,
             "sum_duration": float(stats["sum_duration"]) + duration,

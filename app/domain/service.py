@@ -1,7 +1,9 @@
 """The job service: state machine, parent aggregates and events, in the caller's transaction.
 
-Lock order is always parent before child, then the user's event stream counter last, so
-concurrent writers never deadlock.
+Lock order is always parent before child, then ETA statistics, then the user's event stream
+counter last, so concurrent writers never deadlock. A write locks its rows (each with its ETA
+key's statistics), computes the new rows in Python, and stores them together with their
+events in one statement (:meth:`JobService.flush_events`) just before commit.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 
 from ulid import ULID
 
-from app.db.repository import Owner, Repository, Row, UniqueViolation
+from app.db.repository import Owner, Repository, Row, Staged, UniqueViolation
+from app.db.tables import jobs
 from app.domain import eta
 from app.domain.commands import CancelJob, CompleteJob, CreateJob, FailJob, UpdateProgress
 from app.domain.errors import (
@@ -36,6 +39,8 @@ from app.domain.rules import (
 from app.domain.views import counts_of, event_view, now_ms
 
 TERMINAL_EVENT = {COMPLETED: "job.completed", FAILED: "job.failed", CANCELLED: "job.cancelled"}
+Locked = tuple[Row, Row | None]  # a locked job row and its ETA key's statistics (or None)
+_BLANK_JOB: Row = {column.name: None for column in jobs.c}  # a new row's unset columns
 
 
 @dataclass
@@ -46,8 +51,10 @@ class JobService:
     owner: Owner
     now: datetime = field(default_factory=now_ms)
     _events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    _staged: list[Staged] = field(default_factory=list)
     _user_id: str | None = None
-    touched_streams: list[int] = field(default_factory=list)
+    # (stream_id, last_seq) of each stream this write appended to, for the notifier.
+    touched_streams: list[tuple[int, int]] = field(default_factory=list)
 
     # --- reads --------------------------------------------------------------------------
 
@@ -57,9 +64,7 @@ class JobService:
             raise JobNotFound(job_id)
         return job
 
-    async def list_for_user(
-        self, user_id: str, before_id: str | None, limit: int
-    ) -> list[Row]:
+    async def list_for_user(self, user_id: str, before_id: str | None, limit: int) -> list[Row]:
         return await self.repo.list_jobs(self.owner, user_id, before_id, limit, self.now)
 
     async def with_children(self, job_id: str) -> tuple[Row, list[Row]]:
@@ -103,19 +108,21 @@ class JobService:
             await self._check_parent(cmd)
             values.update(parent_job_id=cmd.parentJobId, child_index=cmd.childIndex)
         values.update(await eta.at_creation(self.repo, self.owner, cmd, self.now))
+        job = {**_BLANK_JOB, **values}
+        self._staged.append(Staged("jobs", {}, values, insert=True))
+        self._emit("job.started", job)
         try:
-            job = await self.repo.insert_job(values)
+            await self.flush_events()  # the insert and its event, in one statement
         except UniqueViolation as exc:
             existing = await self._existing_child(cmd)
             raise DuplicateChildIndex(
                 f"Parent {cmd.parentJobId} already has a child at index {cmd.childIndex}",
                 {"parentJobId": cmd.parentJobId, "childIndex": cmd.childIndex, **existing},
             ) from exc
-        self._emit("job.started", job)
         return job
 
     async def progress(self, job_id: str, cmd: UpdateProgress) -> Row:
-        job, parent = await self._lock_for_write(job_id)
+        job, stats, parent = await self._lock_for_write(job_id)
         changes: Row = {"progress": cmd.progress, "updated_at": self.now}
         if job["status"] == PENDING:
             changes.update(status=RUNNING, started_at=self.now)
@@ -127,11 +134,11 @@ class JobService:
             changes["stage"] = _dump(cmd.stage)
         if cmd.metadata is not None:
             changes["metadata"] = {**(job["metadata"] or {}), **cmd.metadata}
-        changes.update(await eta.on_progress(self.repo, self.owner, job, cmd, self.now))
+        changes.update(eta.on_progress(job, stats, cmd, self.now))
         return await self._write(job, parent, changes, "job.progress")
 
     async def complete(self, job_id: str, cmd: CompleteJob) -> Row:
-        job, parent = await self._lock_for_write(job_id)
+        job, _, parent = await self._lock_for_write(job_id)
         changes: Row = {
             "status": COMPLETED,
             "progress": 100,
@@ -144,11 +151,11 @@ class JobService:
         if cmd.message is not None:
             changes["message"] = cmd.message
         updated = await self._write(job, parent, changes, "job.completed")
-        await eta.on_complete(self.repo, self.owner, updated, self.now, before=job)
+        self._staged.append(await eta.on_complete(self.repo, self.owner, updated, self.now, job))
         return updated
 
     async def fail(self, job_id: str, cmd: FailJob) -> Row:
-        job, parent = await self._lock_for_write(job_id)
+        job, _, parent = await self._lock_for_write(job_id)
         changes: Row = {
             "status": FAILED,
             "error": cmd.error.model_dump(exclude_none=True),
@@ -160,7 +167,7 @@ class JobService:
         return await self._write(job, parent, changes, "job.failed")
 
     async def cancel(self, job_id: str, cmd: CancelJob) -> Row:
-        job, parent = await self._lock_for_write(job_id, allow_parent=True)
+        job, _, parent = await self._lock_for_write(job_id, allow_parent=True)
         changes: Row = {
             "status": CANCELLED,
             "updated_at": self.now,
@@ -181,13 +188,16 @@ class JobService:
         return await self._write(job, parent, changes, "job.cancelled")
 
     async def flush_events(self) -> None:
-        """Append the collected events to the user's stream (call once, before commit)."""
-        if self._events and self._user_id is not None:
-            stream_id, _ = await self.repo.append_events(
-                self.owner, self._user_id, self._events, self.now
-            )
-            self.touched_streams.append(stream_id)
-            self._events = []
+        """Store the staged job changes and append the collected events, in one statement.
+
+        Call once, last before commit: the stream counter it locks is the last lock taken.
+        """
+        staged, events, self._staged, self._events = self._staged, self._events, [], []
+        if events and self._user_id is not None:
+            stream = await self.repo.write(self.owner, self._user_id, staged, events, self.now)
+            self.touched_streams.append(stream)
+        elif staged:  # every write emits events
+            raise RuntimeError("row changes staged without events")
 
     # --- internals ----------------------------------------------------------------------
 
@@ -197,15 +207,13 @@ class JobService:
 
     async def _check_parent(self, cmd: CreateJob) -> None:
         assert cmd.parentJobId is not None and cmd.childIndex is not None
-        parent = await self.repo.get_job(self.owner, cmd.parentJobId, self.now)
+        # Share-lock the parent so a concurrent cancel cannot miss this child.
+        parent = await self.repo.share_lock_job(self.owner, cmd.parentJobId, self.now)
         if parent is None or parent["total_children"] is None:
             raise InvalidParent(
                 f"Parent job {cmd.parentJobId} does not exist or is not a parent",
                 {"parentJobId": cmd.parentJobId},
             )
-        # Share-lock the parent so a concurrent cancel cannot miss this child.
-        parent = await self.repo.lock_job(cmd.parentJobId, shared=True)
-        assert parent is not None
         if parent["user_id"] != cmd.userId:
             raise InvalidParent(
                 "A child's userId must equal its parent's",
@@ -230,17 +238,20 @@ class JobService:
 
     async def _lock_for_write(
         self, job_id: str, *, allow_parent: bool = False
-    ) -> tuple[Row, Row | None]:
-        """Lock the job (and its parent first, if it is a child) and check it is writable."""
+    ) -> tuple[Row, Row | None, Locked | None]:
+        """Lock the job (and its parent first, if it is a child) and check it is writable.
+
+        Returns ``(job, its ETA stats, (parent, its ETA stats) or None)``. A child whose
+        parent has expired is as gone as the parent: ``JobNotFound``.
+        """
         parent = None
-        job = await self.repo.lock_plain_job(self.owner, job_id, self.now)
-        if job is None:
-            probe = await self.repo.get_job(self.owner, job_id, self.now)
-            if probe is None:
+        locked = await self.repo.lock_plain_job(self.owner, job_id, self.now)
+        if locked is None:
+            parent = await self.repo.lock_parent_of(self.owner, job_id, self.now)
+            locked = await self.repo.lock_job(job_id) if parent is not None else None
+            if locked is None:
                 raise JobNotFound(job_id)
-            parent = await self.repo.lock_job(probe["parent_job_id"])
-            job = await self.repo.lock_job(job_id)
-            assert parent is not None and job is not None
+        job, stats = locked
         if is_terminal(job["status"]):
             raise InvalidJobState(
                 f"Job {job_id} is {job['status']}; it cannot change any more",
@@ -251,17 +262,23 @@ class JobService:
                 f"Job {job_id} is a parent; its state follows its children",
                 {"id": job_id, "status": job["status"]},
             )
-        return job, parent
+        return job, stats, parent
 
-    async def _write(self, job: Row, parent: Row | None, changes: Row, event: str) -> Row:
-        updated = await self.repo.update_job(job["id"], changes)
+    def _stage(self, job: Row, changes: Row) -> Row:
+        """Record ``changes`` for the final statement; returns the row as it will be stored."""
+        self._staged.append(Staged("jobs", {"id": job["id"]}, changes))
+        return {**job, **changes}
+
+    async def _write(self, job: Row, parent: Locked | None, changes: Row, event: str) -> Row:
+        updated = self._stage(job, changes)
         self._emit(event, updated)
         if parent is not None:
             await self._update_parent(parent, job, updated)
         return updated
 
-    async def _update_parent(self, parent: Row, before: Row, after: Row) -> None:
+    async def _update_parent(self, locked: Locked, before: Row, after: Row) -> None:
         """Apply one child's before→after delta to its parent: O(1), never a recount."""
+        parent, stats = locked
         self._emit("child.progress", after)
         if is_terminal(parent["status"]):
             return
@@ -280,13 +297,15 @@ class JobService:
         if is_terminal(status):
             changes["completed_at"] = self.now
             changes["estimated_completion_at"] = None
-        changes.update(await eta.for_parent(self.repo, self.owner, parent, changes, self.now))
-        updated = await self.repo.update_job(parent["id"], changes)
+        changes.update(eta.for_parent(parent, stats, changes, self.now))
+        updated = self._stage(parent, changes)
         self._emit("parent.updated", updated)
         if status != parent["status"] and is_terminal(status):
             self._emit(TERMINAL_EVENT[status], updated)
             if status == COMPLETED:
-                await eta.on_complete(self.repo, self.owner, updated, self.now, before=parent)
+                self._staged.append(
+                    await eta.on_complete(self.repo, self.owner, updated, self.now, parent)
+                )
 
 
 def _counter_columns(counts: ChildCounts) -> Row:

@@ -11,8 +11,8 @@ from app.domain.rules import ChildCounts
 
 def iso(value: datetime) -> str:
     """ISO 8601 in UTC with millisecond precision and a ``Z``."""
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # isoformat is C code; in UTC it always ends in "+00:00".
+    return value.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def now_ms() -> datetime:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
@@ -20,10 +21,12 @@ log = logging.getLogger("seenn.realtime")
 CHANNEL = "seenn_events"
 POLL_ALL = "*"
 _MAX_PAYLOAD = 4000  # far under PostgreSQL's 8000-byte NOTIFY limit
+_OWN_TIMEOUT = 10.0  # seconds a read or NOTIFY on the hub's connection may take
+T = TypeVar("T")
 
 _READ_MANY = """
 SELECT e.stream_id, e.seq, e.job_id, e.event, e.payload::text AS payload,
-       e.payload->'parent'->>'parentJobId' AS parent_id
+       e.payload->'parent'->>'parentJobId' AS parent_id, e.created_at
 FROM unnest($1::bigint[], $2::bigint[]) AS p(stream_id, pos)
 JOIN events e ON e.stream_id = p.stream_id AND e.seq > p.pos
 ORDER BY e.stream_id, e.seq
@@ -55,6 +58,8 @@ class Subscriber:
 
     OVERFLOW = -1  # sentinel seqs: the stream ends
     SHUTDOWN = -2
+    EXPIRED = -3
+    STOP_REASONS = {OVERFLOW: "overflow", SHUTDOWN: "shutdown", EXPIRED: "maxLifetime"}
 
     def __post_init__(self) -> None:
         # One spare slot, so a stop sentinel always fits.
@@ -80,6 +85,11 @@ class Subscriber:
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait((self.SHUTDOWN, b""))
 
+    def expire(self) -> None:
+        """Ask the stream to say goodbye (it reached its maximum lifetime)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait((self.EXPIRED, b""))
+
 
 class Hub:
     """Reads new events for the streams that have subscribers here and fans them out."""
@@ -92,8 +102,13 @@ class Hub:
         self.pos: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # The LISTEN connection also serves the log reads and NOTIFYs of this replica, so
+        # delivery never queues for a pooled connection behind the writes.
+        self._own: Any = None
+        self._own_lock = asyncio.Lock()
         # Set by sse-starlette when the server begins shutting down.
         self.shutdown_event = anyio.Event()
+        self.read_lag: Any = None  # a Histogram (seconds from write to read), set by the runtime
 
     def start(self) -> None:
         self._tasks = [
@@ -131,15 +146,22 @@ class Hub:
                 self.pos.pop(sub.stream_id, None)
 
     def wake(self, payload: str = POLL_ALL) -> None:
-        if payload == POLL_ALL or any(
-            part.isdigit() and int(part) in self.subs for part in payload.split(",")
-        ):
+        """Wake the reader if ``payload`` (``stream:seq,...``, or ``*``) has news for us."""
+        if payload == POLL_ALL or any(self._behind(part) for part in payload.split(",")):
             self._wake.set()
+
+    def _behind(self, part: str) -> bool:
+        stream, _, seq = part.partition(":")
+        if not stream.isdigit() or int(stream) not in self.subs:
+            return False
+        # Our own writes arrive twice (directly and via NOTIFY): the echo finds us caught up.
+        return not seq.isdigit() or self.pos.get(int(stream), 0) < int(seq)
 
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             if not self.subs:
                 continue
@@ -155,18 +177,31 @@ class Hub:
         """One query for every active stream, then fan out in seq order."""
         streams = list(self.subs)
         positions = [self.pos.get(s, 0) for s in streams]
-        async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            rows = await raw.driver_connection.fetch(_READ_MANY, streams, positions)
+        rows = await self.run_own(
+            lambda c: c.fetch(_READ_MANY, streams, positions, timeout=_OWN_TIMEOUT)
+        )
         for row in rows:
             stream_id, seq = row["stream_id"], row["seq"]
             if seq <= self.pos.get(stream_id, seq):
                 continue
             self.pos[stream_id] = seq
+            if self.read_lag is not None:
+                self.read_lag.observe(max(0.0, time.time() - row["created_at"].timestamp()))
             data = encode(seq, row["event"], row["payload"])
             for sub in self.subs.get(stream_id, ()):
                 if sub.wants(seq, row["job_id"], row["parent_id"]):
                     sub.offer(seq, data)
+
+    async def run_own(self, command: Callable[[Any], Awaitable[T]]) -> T:
+        """Run one command on the hub's own connection, else on a pooled one."""
+        conn = self._own
+        if conn is not None and not conn.is_closed():
+            async with self._own_lock:
+                if not conn.is_closed():
+                    return await command(conn)
+        async with self.engine.connect() as pooled:
+            raw = await pooled.get_raw_connection()
+            return await command(raw.driver_connection)
 
     async def _listen(self) -> None:
         """Hold one LISTEN connection; reconnect with backoff, then catch up (poll-all)."""
@@ -178,18 +213,21 @@ class Hub:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, ev=lost: ev.set())
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: self.wake(payload))
+                self._own = conn
                 self.wake()
                 delay = 0.5
                 while not lost.is_set() and not conn.is_closed():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), 5)
                     if not lost.is_set():
-                        await conn.execute("SELECT 1")
+                        async with self._own_lock:
+                            await conn.execute("SELECT 1", timeout=_OWN_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("LISTEN connection lost; polling until it is back", exc_info=True)
             finally:
+                self._own = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 2)
@@ -199,42 +237,54 @@ class Hub:
 
 
 class PgNotifier:
-    """Coalesces after-commit stream ids and sends at most one NOTIFY per ``window`` seconds."""
+    """Coalesces after-commit ``(stream, seq)`` pairs into at most one NOTIFY per ``window``.
+
+    The payload names each stream with its newest seq (``stream:seq,...``), so a replica
+    that already has those events (this one, woken directly) skips the echo.
+    """
 
     def __init__(self, engine: Any, hub: Hub | None = None, window: float = 0.005) -> None:
         self.engine = engine
         self.hub = hub
         self.window = window
-        self._pending: set[int] = set()
+        self._pending: dict[int, int] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def notify(self, stream_ids: Iterable[int]) -> None:
-        ids = set(stream_ids)
-        if not ids:
+    def notify(self, streams: Iterable[tuple[int, int]]) -> None:
+        local = []
+        for stream_id, seq in streams:
+            if seq > self._pending.get(stream_id, -1):
+                self._pending[stream_id] = seq
+            local.append(f"{stream_id}:{seq}")
+        if not local:
             return
-        self._pending |= ids
         if self.hub is not None:  # local subscribers need no round trip through the DB
-            self.hub.wake(",".join(map(str, ids)))
+            self.hub.wake(",".join(local))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
         await asyncio.sleep(self.window)
         while self._pending:
-            ids, self._pending = self._pending, set()
-            payload = ",".join(map(str, sorted(ids)))
+            pending, self._pending = self._pending, {}
+            payload = ",".join(f"{s}:{q}" for s, q in sorted(pending.items()))
             if len(payload) > _MAX_PAYLOAD:
                 payload = POLL_ALL
             try:
                 # Outside any write transaction: NOTIFY in a write would serialise commits.
-                async with self.engine.connect() as conn:
-                    raw = await conn.get_raw_connection()
-                    await raw.driver_connection.execute(
-                        "SELECT pg_notify($1, $2)", CHANNEL, payload
-                    )
+                await self._send(payload)
             except Exception:  # the poll interval delivers anyway
                 log.warning("NOTIFY failed", exc_info=True)
             await asyncio.sleep(self.window)
+
+    async def _send(self, payload: str) -> None:
+        sql = "SELECT pg_notify($1, $2)"
+        if self.hub is not None:
+            await self.hub.run_own(lambda c: c.execute(sql, CHANNEL, payload, timeout=_OWN_TIMEOUT))
+            return
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.execute(sql, CHANNEL, payload)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -8,5 +8,5 @@ from collections.abc import Iterable
 class NullNotifier:
     """Used when realtime delivery is not running: commits notify nobody."""
 
-    def notify(self, stream_ids: Iterable[int]) -> None:
+    def notify(self, streams: Iterable[tuple[int, int]]) -> None:
         return None
