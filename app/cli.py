@@ -17,7 +17,9 @@ def resolve_database(settings: Settings) -> tuple[str, Any]:
         return settings.database_url, None
     from app.db.embedded import start_embedded
 
-    print(f"No DATABASE_URL set: starting embedded PostgreSQL in {settings.data_dir}", file=sys.stderr)
+    print(
+        f"No DATABASE_URL set: starting embedded PostgreSQL in {settings.data_dir}", file=sys.stderr
+    )
     return start_embedded(settings.data_dir)
 
 
@@ -95,7 +97,10 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'id':26}  {'app':20}  {'mode':4}  {'type':6}  {'key':20}  status")
     for r in rows:
         status = f"revoked {iso(r['revoked_at'])}" if r["revoked_at"] else "active"
-        print(f"{r['id']:26}  {r['app_id']:20}  {r['mode']:4}  {r['kind']:6}  {r['key_hint']:20}  {status}")
+        print(
+            f"{r['id']:26}  {r['app_id']:20}  {r['mode']:4}  {r['kind']:6}  "
+            f"{r['key_hint']:20}  {status}"
+        )
     return 0
 
 

@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     )
     listen_database_url: str | None = Field(
         default=None,
-        description="Direct (non-PgBouncer) URL for the LISTEN connection; defaults to database_url.",
+        description="Direct (non-PgBouncer) URL for the LISTEN connection; defaults to "
+        "database_url.",
     )
     data_dir: Path = Field(default=Path(".seenn"), description="Embedded PostgreSQL data folder.")
     host: str = Field(default="127.0.0.1", description="Address `serve` listens on.")

@@ -75,7 +75,5 @@ async def keys(database_url: str) -> AppKeys:
 @pytest.fixture
 async def client(server: ServerProcess, keys: AppKeys) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the session's server, authenticated with the test's secret key."""
-    async with httpx.AsyncClient(
-        base_url=f"{server.url}/v1", headers=keys.auth(), timeout=30
-    ) as c:
+    async with httpx.AsyncClient(base_url=f"{server.url}/v1", headers=keys.auth(), timeout=30) as c:
         yield c

@@ -69,7 +69,12 @@ async def create_key(url: str, app_id: str, kind: str = "secret", mode: str = "t
         await conn.execute(
             "INSERT INTO api_keys (id, app_id, mode, kind, key_hash, key_hint, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, now())",
-            str(ULID()), app_id, mode, kind, hash_key(key), key_hint(key),
+            str(ULID()),
+            app_id,
+            mode,
+            kind,
+            hash_key(key),
+            key_hint(key),
         )
     finally:
         await conn.close()
@@ -211,8 +216,16 @@ def nginx_command(config: Path, *args: str) -> list[str]:
     if binary is None:
         raise RuntimeError("nginx is not installed")
     # -e: the error log before the configuration is read (the default is under /var/log).
-    return [binary, "-p", str(config.parent), "-c", str(config),
-            "-e", str(config.parent / "error.log"), *args]
+    return [
+        binary,
+        "-p",
+        str(config.parent),
+        "-c",
+        str(config),
+        "-e",
+        str(config.parent / "error.log"),
+        *args,
+    ]
 
 
 @dataclass

@@ -13,20 +13,26 @@ from tests.helpers import assert_error
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
-        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 async def test_keys_create_list_revoke(server, database_url):
     env = {"SEENN_DATABASE_URL": database_url}
-    created = cli("keys", "create", "--app", "cli-app", "--type", "secret", "--mode", "live",
-                  env=env)
+    created = cli(
+        "keys", "create", "--app", "cli-app", "--type", "secret", "--mode", "live", env=env
+    )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("sk_live_") and len(key) == 40
 
-    async with httpx.AsyncClient(base_url=f"{server.url}/v1",
-                                 headers={"Authorization": f"Bearer {key}"}) as c:
+    async with httpx.AsyncClient(
+        base_url=f"{server.url}/v1", headers={"Authorization": f"Bearer {key}"}
+    ) as c:
         made = await c.post("/jobs", json={"jobType": "x", "userId": "u", "title": "t"})
         assert made.status_code == 201 and made.json()["appId"] == "cli-app"
 
@@ -45,8 +51,17 @@ async def test_keys_create_list_revoke(server, database_url):
 
 
 def test_public_key_prefix(database_url):
-    created = cli("keys", "create", "--app", "cli-app", "--type", "public", "--mode", "test",
-                  env={"SEENN_DATABASE_URL": database_url})
+    created = cli(
+        "keys",
+        "create",
+        "--app",
+        "cli-app",
+        "--type",
+        "public",
+        "--mode",
+        "test",
+        env={"SEENN_DATABASE_URL": database_url},
+    )
     assert created.stdout.strip().splitlines()[-1].startswith("pk_test_")
 
 
@@ -54,8 +69,12 @@ def test_migrate_without_database_url_starts_an_embedded_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("SEENN_DATABASE_URL", "DATABASE_URL")}
     env["SEENN_DATA_DIR"] = str(tmp_path / "data")
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "app.cli", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()

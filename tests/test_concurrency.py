@@ -12,22 +12,33 @@ from tests.helpers import create_parent
 @pytest.fixture
 async def wide_client(server, keys):
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    async with httpx.AsyncClient(base_url=f"{server.url}/v1", headers=keys.auth(),
-                                 timeout=60, limits=limits) as c:
+    async with httpx.AsyncClient(
+        base_url=f"{server.url}/v1", headers=keys.auth(), timeout=60, limits=limits
+    ) as c:
         yield c
 
 
 async def test_create_batch_of_1000_children_at_once(wide_client):
     """What the Node SDK's createBatch does: one parent, then every child POST in parallel."""
     parent = await create_parent(wide_client, 1000, userId="batch-user")
-    responses = await asyncio.gather(*[
-        wide_client.post("/jobs", json={"jobType": "image", "userId": "batch-user",
-                                        "title": f"#{i}", "parentJobId": parent["id"],
-                                        "childIndex": i})
-        for i in range(1000)
-    ])
+    responses = await asyncio.gather(
+        *[
+            wide_client.post(
+                "/jobs",
+                json={
+                    "jobType": "image",
+                    "userId": "batch-user",
+                    "title": f"#{i}",
+                    "parentJobId": parent["id"],
+                    "childIndex": i,
+                },
+            )
+            for i in range(1000)
+        ]
+    )
     assert [r.status_code for r in responses] == [201] * 1000, {
-        r.status_code: r.text for r in responses if r.status_code != 201}
+        r.status_code: r.text for r in responses if r.status_code != 201
+    }
     assert len({r.json()["id"] for r in responses}) == 1000
     listed = (await wide_client.get(f"/jobs/{parent['id']}/children")).json()
     assert [c["childIndex"] for c in listed["children"]] == list(range(1000))
@@ -38,12 +49,22 @@ async def test_hundreds_of_children_written_concurrently_stay_exact(wide_client,
     total = 250
     parent = await create_parent(wide_client, total, userId="busy-user")
     children = [
-        r.json() for r in await asyncio.gather(*[
-            wide_client.post("/jobs", json={"jobType": "image", "userId": "busy-user",
-                                            "title": f"#{i}", "parentJobId": parent["id"],
-                                            "childIndex": i})
-            for i in range(total)
-        ])
+        r.json()
+        for r in await asyncio.gather(
+            *[
+                wide_client.post(
+                    "/jobs",
+                    json={
+                        "jobType": "image",
+                        "userId": "busy-user",
+                        "title": f"#{i}",
+                        "parentJobId": parent["id"],
+                        "childIndex": i,
+                    },
+                )
+                for i in range(total)
+            ]
+        )
     ]
 
     async def drive(i: int, child: dict) -> tuple[str, int]:
@@ -55,8 +76,9 @@ async def test_hundreds_of_children_written_concurrently_stay_exact(wide_client,
             assert r.status_code == 200, r.text
             last = step
         if i % 5 == 0:
-            r = await wide_client.post(f"/jobs/{job_id}/fail",
-                                       json={"error": {"code": "X", "message": "m"}})
+            r = await wide_client.post(
+                f"/jobs/{job_id}/fail", json={"error": {"code": "X", "message": "m"}}
+            )
             assert r.status_code == 200, r.text
             return "failed", last
         if i % 5 == 1:
@@ -72,13 +94,19 @@ async def test_hundreds_of_children_written_concurrently_stay_exact(wide_client,
         expected = expected.moved(None, (status, value))
     state = (await wide_client.get(f"/jobs/{parent['id']}")).json()
     assert state["children"] == {
-        "total": total, "completed": expected.completed, "failed": expected.failed,
-        "running": expected.running, "pending": expected.pending, "cancelled": 0,
+        "total": total,
+        "completed": expected.completed,
+        "failed": expected.failed,
+        "running": expected.running,
+        "pending": expected.pending,
+        "cancelled": 0,
     }
     assert state["progress"] == parent_progress("average", expected)
     assert state["status"] == parent_status(expected) == "running"
     recount = await db.fetchval(
         "SELECT sum(CASE WHEN status = 'completed' THEN 100 ELSE progress END)"
-        " FROM jobs WHERE parent_job_id = $1", parent["id"])
+        " FROM jobs WHERE parent_job_id = $1",
+        parent["id"],
+    )
     stored = await db.fetchval("SELECT child_progress_sum FROM jobs WHERE id = $1", parent["id"])
     assert stored == recount == expected.progress_sum

@@ -9,8 +9,9 @@ from tests.helpers import assert_error, create_job, create_parent
 async def test_public_key_reads_but_cannot_write(server, client, keys):
     job = await create_job(client)
     parent = await create_parent(client, 1)
-    async with httpx.AsyncClient(base_url=f"{server.url}/v1",
-                                 headers=keys.auth(keys.public)) as public:
+    async with httpx.AsyncClient(
+        base_url=f"{server.url}/v1", headers=keys.auth(keys.public)
+    ) as public:
         assert (await public.get(f"/jobs/{job['id']}")).status_code == 200
         assert (await public.get("/jobs", params={"userId": job["userId"]})).status_code == 200
         assert (await public.get(f"/jobs/{parent['id']}/children")).status_code == 200
@@ -30,8 +31,9 @@ async def test_other_app_and_other_mode_get_404(server, client, keys, database_u
     job = await create_job(client)
     other = await make_app(database_url)
     for key in (other.secret, other.public, keys.live_secret):
-        async with httpx.AsyncClient(base_url=f"{server.url}/v1",
-                                     headers={"Authorization": f"Bearer {key}"}) as c:
+        async with httpx.AsyncClient(
+            base_url=f"{server.url}/v1", headers={"Authorization": f"Bearer {key}"}
+        ) as c:
             error = assert_error(await c.get(f"/jobs/{job['id']}"), 404, "NOT_FOUND")
             assert error["details"] == {"id": job["id"]}
             listed = await c.get("/jobs", params={"userId": job["userId"]})
@@ -46,9 +48,16 @@ async def test_child_cannot_attach_to_another_apps_parent(server, client, databa
     parent = await create_parent(client, 2)
     other = await make_app(database_url)
     async with httpx.AsyncClient(base_url=f"{server.url}/v1", headers=other.auth()) as c:
-        response = await c.post("/jobs", json={
-            "jobType": "x", "userId": parent["userId"], "title": "t",
-            "parentJobId": parent["id"], "childIndex": 0})
+        response = await c.post(
+            "/jobs",
+            json={
+                "jobType": "x",
+                "userId": parent["userId"],
+                "title": "t",
+                "parentJobId": parent["id"],
+                "childIndex": 0,
+            },
+        )
         assert_error(response, 400, "INVALID_PARENT")
 
 
@@ -56,6 +65,7 @@ async def test_missing_and_unknown_keys_are_401(server):
     async with httpx.AsyncClient(base_url=f"{server.url}/v1") as c:
         assert_error(await c.get("/jobs", params={"userId": "u"}), 401, "UNAUTHORIZED")
         for header in ("Bearer sk_test_" + "a" * 32, "Bearer nope", "Basic abc", "Bearer"):
-            response = await c.get("/jobs", params={"userId": "u"},
-                                   headers={"Authorization": header})
+            response = await c.get(
+                "/jobs", params={"userId": "u"}, headers={"Authorization": header}
+            )
             assert_error(response, 401, "UNAUTHORIZED")

@@ -32,8 +32,18 @@ async def test_create_returns_the_job_with_omitted_optional_fields(client, keys)
     assert job["metadata"] == {"prompt": "a cat"}
     assert job["queue"] == {"position": 5, "total": 20, "queueName": "priority"}
     assert job["stage"] == {"name": "initializing", "current": 1, "total": 3}
-    for absent in ("children", "parent", "result", "error", "startedAt", "completedAt",
-                   "message", "estimatedCompletionAt", "childProgressMode", "push"):
+    for absent in (
+        "children",
+        "parent",
+        "result",
+        "error",
+        "startedAt",
+        "completedAt",
+        "message",
+        "estimatedCompletionAt",
+        "childProgressMode",
+        "push",
+    ):
         assert absent not in job
     assert None not in job.values()
     assert ISO_MS.match(job["createdAt"]) and ISO_MS.match(job["updatedAt"])
@@ -49,7 +59,11 @@ async def test_get_returns_what_create_returned(client):
 async def test_progress_starts_job_and_merges_metadata(client):
     job = await create_job(client, metadata={"a": 1, "b": 2})
     updated = await progress(
-        client, job["id"], 50, message="Processing frames...", metadata={"b": 3, "c": 4},
+        client,
+        job["id"],
+        50,
+        message="Processing frames...",
+        metadata={"b": 3, "c": 4},
         stage={"name": "rendering", "current": 2, "total": 3, "description": "frames"},
         queue={"position": 0},
     )
@@ -71,8 +85,11 @@ async def test_progress_zero_also_moves_pending_to_running(client):
 async def test_complete_sets_progress_100_result_and_completed_at(client):
     job = await create_job(client)
     done = await complete(
-        client, job["id"], result={"type": "video", "url": "https://cdn/x.mp4"},
-        message="Video ready!", liveActivity={"x": 1},
+        client,
+        job["id"],
+        result={"type": "video", "url": "https://cdn/x.mp4"},
+        message="Video ready!",
+        liveActivity={"x": 1},
     )
     assert done["status"] == "completed" and done["progress"] == 100
     assert done["result"] == {"type": "video", "url": "https://cdn/x.mp4"}
@@ -88,13 +105,16 @@ async def test_complete_without_body(client):
 async def test_fail_stores_error_and_retryable(client):
     job = await create_job(client)
     failed = await fail(
-        client, job["id"],
+        client,
+        job["id"],
         error={"code": "PROCESSING_ERROR", "message": "Failed", "details": {"reason": "oom"}},
         retryable=True,
     )
     assert failed["status"] == "failed"
     assert failed["error"] == {
-        "code": "PROCESSING_ERROR", "message": "Failed", "details": {"reason": "oom"}
+        "code": "PROCESSING_ERROR",
+        "message": "Failed",
+        "details": {"reason": "oom"},
     }
     assert failed["retryable"] is True
 
@@ -170,12 +190,14 @@ async def test_list_is_newest_first_with_opaque_cursor_and_no_gaps(client):
     # Jobs created between pages must not shift later pages.
     newer = await create_job(client, userId="lister", title="newer")
     page2 = (
-        await client.get("/jobs", params={"userId": "lister", "limit": 3,
-                                          "cursor": page1["nextCursor"]})
+        await client.get(
+            "/jobs", params={"userId": "lister", "limit": 3, "cursor": page1["nextCursor"]}
+        )
     ).json()
     page3 = (
-        await client.get("/jobs", params={"userId": "lister", "limit": 3,
-                                          "cursor": page2["nextCursor"]})
+        await client.get(
+            "/jobs", params={"userId": "lister", "limit": 3, "cursor": page2["nextCursor"]}
+        )
     ).json()
     seen = [j["id"] for page in (page1, page2, page3) for j in page["jobs"]]
     assert seen == [j["id"] for j in reversed(created)]
@@ -184,11 +206,11 @@ async def test_list_is_newest_first_with_opaque_cursor_and_no_gaps(client):
 
 
 async def test_list_default_limit_is_20_and_last_page_omits_cursor(client):
-    for i in range(21):
+    for _ in range(21):
         await create_job(client, userId="many")
     first = (await client.get("/jobs", params={"userId": "many"})).json()
     assert len(first["jobs"]) == 20 and "nextCursor" in first
-    rest = (await client.get("/jobs", params={"userId": "many", "cursor": first["nextCursor"]}))
+    rest = await client.get("/jobs", params={"userId": "many", "cursor": first["nextCursor"]})
     assert len(rest.json()["jobs"]) == 1 and "nextCursor" not in rest.json()
     empty = (await client.get("/jobs", params={"userId": "nobody"})).json()
     assert empty == {"jobs": []}
@@ -200,7 +222,9 @@ async def test_list_validation(client):
         response = await client.get("/jobs", params={"userId": "u", "limit": limit})
         assert_error(response, 400, "VALIDATION_ERROR")
     for limit in (1, 100):
-        assert (await client.get("/jobs", params={"userId": "u", "limit": limit})).status_code == 200
+        assert (
+            await client.get("/jobs", params={"userId": "u", "limit": limit})
+        ).status_code == 200
     for cursor in ("garbage", "djE6bm90LWEtdWxpZA", "!!!"):
         response = await client.get("/jobs", params={"userId": "u", "cursor": cursor})
         assert_error(response, 400, "VALIDATION_ERROR")
@@ -212,8 +236,9 @@ async def test_expired_job_reads_as_404(client, db):
         "UPDATE jobs SET expires_at = now() - interval '1 second' WHERE id = $1", job["id"]
     )
     assert_error(await client.get(f"/jobs/{job['id']}"), 404, "NOT_FOUND")
-    assert_error(await client.post(f"/jobs/{job['id']}/progress", json={"progress": 5}),
-                 404, "NOT_FOUND")
+    assert_error(
+        await client.post(f"/jobs/{job['id']}/progress", json={"progress": 5}), 404, "NOT_FOUND"
+    )
     listed = (await client.get("/jobs", params={"userId": job["userId"]})).json()["jobs"]
     assert job["id"] not in [j["id"] for j in listed]
 
@@ -234,7 +259,9 @@ async def test_malformed_json_is_a_validation_error(client):
 
 async def test_oversized_body_is_413_with_envelope(client):
     huge = b'{"jobType":"x","userId":"u","title":"t","metadata":{"a":"' + b"x" * 2_000_000 + b'"}}'
-    response = await client.post("/jobs", content=huge, headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/jobs", content=huge, headers={"Content-Type": "application/json"}
+    )
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
 
 

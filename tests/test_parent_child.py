@@ -1,5 +1,6 @@
 """Parent and child jobs over the API: counters, progress, status, cancel cascades."""
 
+import httpx
 import pytest
 
 from tests.helpers import (
@@ -13,6 +14,20 @@ from tests.helpers import (
 )
 
 
+async def post_child(
+    client: httpx.AsyncClient, parent_id: str, index: int, user_id: str
+) -> httpx.Response:
+    """POST a child with ``childIndex`` ``index`` under ``parent_id`` (may be refused)."""
+    body = {
+        "jobType": "i",
+        "userId": user_id,
+        "title": "t",
+        "parentJobId": parent_id,
+        "childIndex": index,
+    }
+    return await client.post("/jobs", json=body)
+
+
 async def get(client, job_id):
     response = await client.get(f"/jobs/{job_id}")
     assert response.status_code == 200, response.text
@@ -22,7 +37,12 @@ async def get(client, job_id):
 async def test_parent_starts_with_every_child_pending(client):
     parent = await create_parent(client, 5)
     assert parent["children"] == {
-        "total": 5, "completed": 0, "failed": 0, "running": 0, "pending": 5, "cancelled": 0
+        "total": 5,
+        "completed": 0,
+        "failed": 0,
+        "running": 0,
+        "pending": 5,
+        "cancelled": 0,
     }
     assert parent["childProgressMode"] == "average"
     assert parent["status"] == "pending" and "parent" not in parent
@@ -93,14 +113,26 @@ async def test_get_with_children_orders_by_child_index(client):
     parent = await create_parent(client, 3)
     for i in (2, 0, 1):
         await create_child(client, parent, i, title=f"#{i}")
-    await complete(client, (await client.get(f"/jobs/{parent['id']}/children")).json()
-                   ["children"][0]["id"], result={"url": "u"})
+    await complete(
+        client,
+        (await client.get(f"/jobs/{parent['id']}/children")).json()["children"][0]["id"],
+        result={"url": "u"},
+    )
     body = (await client.get(f"/jobs/{parent['id']}/children")).json()
     assert body["parent"]["id"] == parent["id"]
     assert [c["childIndex"] for c in body["children"]] == [0, 1, 2]
     first = body["children"][0]
-    assert set(first) == {"id", "childIndex", "title", "status", "progress", "result",
-                          "createdAt", "updatedAt", "completedAt"}
+    assert set(first) == {
+        "id",
+        "childIndex",
+        "title",
+        "status",
+        "progress",
+        "result",
+        "createdAt",
+        "updatedAt",
+        "completedAt",
+    }
     assert "completedAt" not in body["children"][1]
 
 
@@ -113,32 +145,31 @@ async def test_child_rules(client):
     parent = await create_parent(client, 2)
     plain = await create_job(client)
     assert_error(
-        await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"], "title": "t",
-                                         "parentJobId": plain["id"], "childIndex": 0}),
-        400, "INVALID_PARENT",
+        await post_child(client, plain["id"], 0, parent["userId"]),
+        400,
+        "INVALID_PARENT",
     )
     assert_error(
-        await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"], "title": "t",
-                                         "parentJobId": "01HXYZ123456789ABCDEFGHJKM",
-                                         "childIndex": 0}),
-        400, "INVALID_PARENT",
+        await post_child(client, "01HXYZ123456789ABCDEFGHJKM", 0, parent["userId"]),
+        400,
+        "INVALID_PARENT",
     )
     assert_error(
-        await client.post("/jobs", json={"jobType": "i", "userId": "other-user", "title": "t",
-                                         "parentJobId": parent["id"], "childIndex": 0}),
-        400, "INVALID_PARENT",
+        await post_child(client, parent["id"], 0, "other-user"),
+        400,
+        "INVALID_PARENT",
     )
     error = assert_error(
-        await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"], "title": "t",
-                                         "parentJobId": parent["id"], "childIndex": 2}),
-        400, "INVALID_CHILD_INDEX",
+        await post_child(client, parent["id"], 2, parent["userId"]),
+        400,
+        "INVALID_CHILD_INDEX",
     )
     assert error["details"]["totalChildren"] == 2
     first = await create_child(client, parent, 1)
     error = assert_error(
-        await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"], "title": "t",
-                                         "parentJobId": parent["id"], "childIndex": 1}),
-        409, "DUPLICATE_CHILD_INDEX",
+        await post_child(client, parent["id"], 1, parent["userId"]),
+        409,
+        "DUPLICATE_CHILD_INDEX",
     )
     assert error["details"]["existingJobId"] == first["id"]
 
@@ -164,13 +195,17 @@ async def test_cancel_parent_cascades_to_unfinished_children(client):
     assert cancelled["children"]["cancelled"] == 2
     assert cancelled["children"]["running"] == 0
     states = {k["id"]: (await get(client, k["id"]))["status"] for k in kids}
-    assert states == {kids[0]["id"]: "completed", kids[1]["id"]: "cancelled",
-                      kids[2]["id"]: "cancelled"}
-    assert_error(await client.post(f"/jobs/{kids[1]['id']}/progress", json={"progress": 50}),
-                 400, "INVALID_JOB_STATE")
-    late = await client.post("/jobs", json={"jobType": "i", "userId": parent["userId"],
-                                            "title": "t", "parentJobId": parent["id"],
-                                            "childIndex": 3})
+    assert states == {
+        kids[0]["id"]: "completed",
+        kids[1]["id"]: "cancelled",
+        kids[2]["id"]: "cancelled",
+    }
+    assert_error(
+        await client.post(f"/jobs/{kids[1]['id']}/progress", json={"progress": 50}),
+        400,
+        "INVALID_JOB_STATE",
+    )
+    late = await post_child(client, parent["id"], 3, parent["userId"])
     assert_error(late, 400, "INVALID_JOB_STATE")
 
 
@@ -204,5 +239,10 @@ async def test_stored_counters_equal_a_recount(client, db):
            FROM jobs WHERE parent_job_id = $1""",
         parent["id"],
     )
-    assert (row["completed_children"], row["failed_children"], row["running_children"],
-            row["cancelled_children"], row["child_progress_sum"]) == tuple(recount)
+    assert (
+        row["completed_children"],
+        row["failed_children"],
+        row["running_children"],
+        row["cancelled_children"],
+        row["child_progress_sum"],
+    ) == tuple(recount)

@@ -31,9 +31,7 @@ def test_parent_status_table(children, status):
 
 
 def test_docs_seventy_percent_example():
-    counts = counts_after(
-        5, [("completed", 100)] * 3 + [("failed", 50), ("failed", 0)]
-    )
+    counts = counts_after(5, [("completed", 100)] * 3 + [("failed", 50), ("failed", 0)])
     assert parent_progress("average", counts) == 70
     assert parent_progress("weighted", counts) == 70
     assert parent_progress("sequential", counts) == 60

@@ -53,8 +53,14 @@ async def test_required_fields(client, missing):
 
 @pytest.mark.parametrize(
     "wrong",
-    [{"title": 5}, {"ttlSeconds": "60"}, {"ttlSeconds": 60.5}, {"totalChildren": True},
-     {"metadata": [1, 2]}, {"metadata": "x"}],
+    [
+        {"title": 5},
+        {"ttlSeconds": "60"},
+        {"ttlSeconds": 60.5},
+        {"totalChildren": True},
+        {"metadata": [1, 2]},
+        {"metadata": "x"},
+    ],
 )
 async def test_wrong_types(client, wrong):
     assert_error(await client.post("/jobs", json={**BASE, **wrong}), 400, "VALIDATION_ERROR")
@@ -65,19 +71,26 @@ async def test_child_index_bounds(client):
     child = {**BASE, "userId": parent["userId"], "parentJobId": parent["id"]}
     assert (await client.post("/jobs", json={**child, "childIndex": 0})).status_code == 201
     assert (await client.post("/jobs", json={**child, "childIndex": 999})).status_code == 201
-    assert_error(await client.post("/jobs", json={**child, "childIndex": -1}),
-                 400, "VALIDATION_ERROR")
-    assert_error(await client.post("/jobs", json={**child, "childIndex": 10_000}),
-                 400, "VALIDATION_ERROR")
-    assert_error(await client.post("/jobs", json={**child, "childIndex": 1000}),
-                 400, "INVALID_CHILD_INDEX")
+    assert_error(
+        await client.post("/jobs", json={**child, "childIndex": -1}), 400, "VALIDATION_ERROR"
+    )
+    assert_error(
+        await client.post("/jobs", json={**child, "childIndex": 10_000}), 400, "VALIDATION_ERROR"
+    )
+    assert_error(
+        await client.post("/jobs", json={**child, "childIndex": 1000}), 400, "INVALID_CHILD_INDEX"
+    )
 
 
 @pytest.mark.parametrize(
     "body",
-    [{"parentJobId": "01HXYZ123456789ABCDEFGHJKM"}, {"childIndex": 0},
-     {"totalChildren": 2, "parentJobId": "01HXYZ123456789ABCDEFGHJKM", "childIndex": 0},
-     {"childProgressMode": "average"}, {"parentJobId": "not-a-ulid", "childIndex": 0}],
+    [
+        {"parentJobId": "01HXYZ123456789ABCDEFGHJKM"},
+        {"childIndex": 0},
+        {"totalChildren": 2, "parentJobId": "01HXYZ123456789ABCDEFGHJKM", "childIndex": 0},
+        {"childProgressMode": "average"},
+        {"parentJobId": "not-a-ulid", "childIndex": 0},
+    ],
 )
 async def test_inconsistent_parent_child_fields(client, body):
     assert_error(await client.post("/jobs", json={**BASE, **body}), 400, "VALIDATION_ERROR")
@@ -86,46 +99,59 @@ async def test_inconsistent_parent_child_fields(client, body):
 async def test_progress_bounds(client):
     job = await create_job(client)
     for ok in (0, 100):
-        assert (await client.post(f"/jobs/{job['id']}/progress",
-                                  json={"progress": ok})).status_code == 200
+        assert (
+            await client.post(f"/jobs/{job['id']}/progress", json={"progress": ok})
+        ).status_code == 200
     job = await create_job(client)
     for bad in (-1, 101, 50.5, "50", None):
         response = await client.post(f"/jobs/{job['id']}/progress", json={"progress": bad})
         assert_error(response, 400, "VALIDATION_ERROR")
-    assert_error(await client.post(f"/jobs/{job['id']}/progress", json={}), 400,
-                 "VALIDATION_ERROR")
+    assert_error(await client.post(f"/jobs/{job['id']}/progress", json={}), 400, "VALIDATION_ERROR")
     big = json_of_size(10 * 1024 + 1)
-    assert_error(await client.post(f"/jobs/{job['id']}/progress",
-                                   json={"progress": 1, "metadata": big}), 400,
-                 "VALIDATION_ERROR")
+    assert_error(
+        await client.post(f"/jobs/{job['id']}/progress", json={"progress": 1, "metadata": big}),
+        400,
+        "VALIDATION_ERROR",
+    )
     assert (await client.get(f"/jobs/{job['id']}")).json()["status"] == "pending"
 
 
 async def test_result_limit_is_100_kb(client):
     ok = await create_job(client)
-    response = await client.post(f"/jobs/{ok['id']}/complete",
-                                 json={"result": json_of_size(100 * 1024)})
+    response = await client.post(
+        f"/jobs/{ok['id']}/complete", json={"result": json_of_size(100 * 1024)}
+    )
     assert response.status_code == 200
     bad = await create_job(client)
-    response = await client.post(f"/jobs/{bad['id']}/complete",
-                                 json={"result": json_of_size(100 * 1024 + 1)})
+    response = await client.post(
+        f"/jobs/{bad['id']}/complete", json={"result": json_of_size(100 * 1024 + 1)}
+    )
     assert_error(response, 400, "VALIDATION_ERROR")
     assert (await client.get(f"/jobs/{bad['id']}")).json()["status"] == "pending"
 
 
 async def test_fail_requires_an_error_object(client):
     job = await create_job(client)
-    for body in ({}, {"error": "boom"}, {"error": {"code": "X"}}, {"error": {"message": "m"}},
-                 {"error": {"code": "X", "message": "m"}, "retryable": "yes"}):
-        assert_error(await client.post(f"/jobs/{job['id']}/fail", json=body), 400,
-                     "VALIDATION_ERROR")
+    for body in (
+        {},
+        {"error": "boom"},
+        {"error": {"code": "X"}},
+        {"error": {"message": "m"}},
+        {"error": {"code": "X", "message": "m"}, "retryable": "yes"},
+    ):
+        assert_error(
+            await client.post(f"/jobs/{job['id']}/fail", json=body), 400, "VALIDATION_ERROR"
+        )
     assert (await client.get(f"/jobs/{job['id']}")).json()["status"] == "pending"
 
 
 async def test_unstorable_strings_are_rejected(client):
-    for body in ({**BASE, "title": "ok", "metadata": {"k": "a\x00b"}},
-                 {**BASE, "metadata": {"a\x00": 1}}, {**BASE, "userId": "a\x00b"},
-                 {**BASE, "title": "a\x00b"}):
+    for body in (
+        {**BASE, "title": "ok", "metadata": {"k": "a\x00b"}},
+        {**BASE, "metadata": {"a\x00": 1}},
+        {**BASE, "userId": "a\x00b"},
+        {**BASE, "title": "a\x00b"},
+    ):
         assert_error(await client.post("/jobs", json=body), 400, "VALIDATION_ERROR")
     raw = b'{"jobType":"v","userId":"u","title":"\\ud800"}'
     response = await client.post("/jobs", content=raw, headers={"Content-Type": "application/json"})

@@ -40,7 +40,10 @@ def decode_cursor(cursor: str) -> str:
 
 
 @router.post(
-    "/jobs", status_code=201, response_model=JobOut, responses=ERRORS,
+    "/jobs",
+    status_code=201,
+    response_model=JobOut,
+    responses=ERRORS,
     response_model_exclude_none=True,
 )
 async def create_job(body: CreateJob, request: Request, principal: Writer) -> Any:

@@ -79,9 +79,7 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(
-        self, scope: Scope, receive: Receive, send: Send, more: bool = True
-    ) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, more: bool = True) -> None:
         if more:
             await self._drain(receive)
         response = error_response(

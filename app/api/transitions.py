@@ -33,7 +33,9 @@ async def complete_job(
 ) -> Any:
     """Mark a job completed (progress 100)."""
     cmd = body or CompleteJob()
-    return ORJSONResponse(job_view(await write(request, principal, lambda s: s.complete(job_id, cmd))))
+    return ORJSONResponse(
+        job_view(await write(request, principal, lambda s: s.complete(job_id, cmd)))
+    )
 
 
 @router.post("/jobs/{job_id}/fail", response_model=JobOut, responses=ERRORS)
@@ -48,4 +50,6 @@ async def cancel_job(
 ) -> Any:
     """Cancel a job; cancelling a parent cancels its unfinished children too."""
     cmd = body or CancelJob()
-    return ORJSONResponse(job_view(await write(request, principal, lambda s: s.cancel(job_id, cmd))))
+    return ORJSONResponse(
+        job_view(await write(request, principal, lambda s: s.cancel(job_id, cmd)))
+    )

