@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         description="Events queued for one slow SSE client before its stream is closed (it "
         "resumes from its last id).",
     )
+    sse_max_replay_events: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most events replayed on a resume; a client further behind gets `job.sync` "
+        "of the current state instead (as for an id older than the retention).",
+    )
     event_retention_hours: float = Field(
         default=24.0,
         gt=0,

@@ -359,3 +359,33 @@ async def test_pruner_deletes_old_events_in_batches(database_url, keys, client, 
     rows = await db.fetch("SELECT seq FROM events WHERE stream_id=$1 ORDER BY seq", sid)
     left = [r[0] for r in rows]
     assert left == [4, 5]
+
+
+async def test_a_resume_too_far_behind_gets_job_sync_instead_of_a_replay(
+    database_url, tmp_path, keys, client
+) -> None:
+    limited = start_server(
+        database_url, tmp_path / "logs", env={"SEENN_SSE_MAX_REPLAY_EVENTS": "3"}
+    )
+    try:
+        job = await create_job(client, userId="u_far")  # event 1
+        for value in (10, 20, 30):  # events 2..4
+            await progress(client, job["id"], value)
+        near = {**keys.auth(), "Last-Event-ID": "1"}  # 3 behind: replayed
+        async with open_sse(limited.url, {"userId": "u_far"}, near) as s:
+            assert (await s.next()).event == "connected"
+            replayed = await s.take(3)
+            assert [e.id for e in replayed] == ["2", "3", "4"]
+            assert [e.data["progress"] for e in replayed] == [10, 20, 30]
+        await progress(client, job["id"], 40)  # event 5
+        far = {**keys.auth(), "Last-Event-ID": "1"}  # 4 behind: current state instead
+        async with open_sse(limited.url, {"userId": "u_far"}, far) as s:
+            connected = await s.next()
+            assert connected.event == "connected" and connected.id == "5"
+            sync = await s.next()
+            assert sync.event == "job.sync" and sync.data["progress"] == 40
+            await progress(client, job["id"], 50)
+            live = await s.next()
+            assert (live.event, live.id, live.data["progress"]) == ("job.progress", "6", 50)
+    finally:
+        limited.stop()
