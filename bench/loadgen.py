@@ -15,6 +15,7 @@ on stdout. Modes:
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections import Counter
@@ -385,6 +386,9 @@ def main() -> None:
     except ImportError:  # the plain loop still works, only slower
         pass
     result = asyncio.run(MODES[mode](spec))
+    # The event loop may leave stdout non-blocking; a multi-megabyte result line written to
+    # a full pipe would then be cut short.
+    os.set_blocking(sys.stdout.fileno(), True)
     sys.stdout.write("RESULT " + orjson.dumps(result).decode() + "\n")
     sys.stdout.flush()
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
 
 import orjson
 from fastapi import APIRouter, Request
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
 from app.api.deps import bearer_key, owner_of, principal_for_key
@@ -50,10 +49,6 @@ def _last_event_id(request: Request) -> int | None:
 
 def _json(value: object) -> str:
     return orjson.dumps(value).decode()
-
-
-def _heartbeat() -> ServerSentEvent:
-    return ServerSentEvent(event="heartbeat", data="{}")  # no id: a resume must not skip
 
 
 @router.get(
@@ -98,7 +93,8 @@ async def sse(request: Request) -> EventSourceResponse:
                 resume = oldest is not None and oldest <= last_id + 1
             start = last_id if resume and last_id is not None else stream.last_seq
             # Subscribe before reading the backlog; the seq filter removes the overlap.
-            sub = Subscriber(stream.stream_id, start, job_id, settings.sse_client_buffer)
+            deadline = time.monotonic() + settings.sse_max_connection_seconds
+            sub = Subscriber(stream.stream_id, start, job_id, settings.sse_client_buffer, deadline)
             hub.add(sub)
             if hub.shutdown_event.is_set():  # draining already: say goodbye at once
                 sub.stop()
@@ -128,32 +124,34 @@ async def sse(request: Request) -> EventSourceResponse:
     async def events() -> AsyncIterator[bytes]:
         nonlocal sent
         last_sent = time.monotonic()
-        # One timer for the connection's lifetime, not a timeout on every queue read.
-        lifetime = asyncio.get_running_loop().call_later(
-            settings.sse_max_connection_seconds, sub.expire
-        )
         metrics.sse_connections.inc()
         try:
             metrics.events_delivered.inc(replayed)
             yield b"".join(first)
+            first.clear()  # an idle stream keeps nothing it has sent
             while True:
-                item = await sub.queue.get()
+                item = await sub.get()
                 chunks: list[bytes] = []
+                events = 0
                 stop: str | None = None
                 while True:
                     seq, data = item
-                    if seq < 0:
+                    if seq == Subscriber.BEAT:
+                        chunks.append(data)
+                    elif seq < 0:
                         stop = Subscriber.STOP_REASONS[seq]
                         break
-                    if seq > sent:  # dedupe at the backlog/live seam
+                    elif seq > sent:  # dedupe at the backlog/live seam
                         chunks.append(data)
+                        events += 1
                         sent = seq
-                    if len(chunks) >= _BATCH or sub.queue.empty():
+                    if len(chunks) >= _BATCH or sub.empty():
                         break
-                    item = sub.queue.get_nowait()
-                if chunks:
+                    item = sub.get_nowait()
+                if events:
                     last_sent = time.monotonic()
-                    metrics.events_delivered.inc(len(chunks))
+                    metrics.events_delivered.inc(events)
+                if chunks:
                     yield b"".join(chunks)
                 if stop == "overflow":
                     return  # the client resumes from its last id
@@ -163,7 +161,6 @@ async def sse(request: Request) -> EventSourceResponse:
             idle_ms = int((time.monotonic() - last_sent) * 1000)
             yield encode(None, "connection.idle", _json({"reason": reason, "idleTime": idle_ms}))
         finally:
-            lifetime.cancel()
             metrics.sse_connections.dec()
             hub.remove(sub)
             slot.release()
@@ -176,8 +173,7 @@ async def sse(request: Request) -> EventSourceResponse:
         events(),
         background=BackgroundTask(cleanup),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        ping=settings.sse_heartbeat_seconds,
-        ping_message_factory=_heartbeat,
+        ping=0,  # the hub's ticker sends heartbeats: no timer task per connection
         shutdown_event=hub.shutdown_event,
         shutdown_grace_period=2.0,
     )

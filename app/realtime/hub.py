@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -45,59 +47,99 @@ def encode(seq: int | None, event: str, data: str) -> bytes:
     return f"{head}event: {event}\r\ndata: {data}\r\n\r\n".encode()
 
 
+HEARTBEAT = b"event: heartbeat\r\ndata: {}\r\n\r\n"  # no id: a resume must not skip
+
+
 @dataclass(eq=False)
 class Subscriber:
-    """One client: a bounded queue of ``(seq, bytes)`` and the seq it already has."""
+    """One client: a bounded buffer of ``(seq, bytes)`` and the seq it already has.
+
+    Kept small on purpose (one deque, a future only while waiting): an idle SSE connection
+    costs little more than its socket. The hub's ticker sends heartbeats and ends the
+    stream at ``deadline`` (a monotonic time), so a connection needs no timer of its own.
+    """
 
     stream_id: int
     floor: int
     job_id: str | None
     maxsize: int
-    queue: asyncio.Queue[tuple[int, bytes]] = field(init=False)
+    deadline: float = math.inf
+    buffer: deque[tuple[int, bytes]] = field(init=False, default_factory=deque)
     overflowed: bool = False
+    closing: bool = False
+    _waiter: asyncio.Future[None] | None = field(init=False, default=None)
 
     OVERFLOW = -1  # sentinel seqs: the stream ends
     SHUTDOWN = -2
     EXPIRED = -3
     STOP_REASONS = {OVERFLOW: "overflow", SHUTDOWN: "shutdown", EXPIRED: "maxLifetime"}
-
-    def __post_init__(self) -> None:
-        # One spare slot, so a stop sentinel always fits.
-        self.queue = asyncio.Queue(self.maxsize + 1)
+    BEAT = -4  # a heartbeat, sent as is
 
     def wants(self, seq: int, job_id: str, parent_id: str | None) -> bool:
         if seq <= self.floor:
             return False
         return self.job_id is None or job_id == self.job_id or parent_id == self.job_id
 
+    def _put(self, item: tuple[int, bytes]) -> None:
+        self.buffer.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def offer(self, seq: int, data: bytes) -> None:
-        """Queue without waiting; a full queue evicts this client only."""
+        """Queue without waiting; a full buffer evicts this client only."""
         if self.overflowed:
             return
-        if self.queue.qsize() >= self.maxsize:
+        if len(self.buffer) >= self.maxsize:
             self.overflowed = True
-            self.queue.put_nowait((self.OVERFLOW, b""))
+            self._put((self.OVERFLOW, b""))
             return
-        self.queue.put_nowait((seq, data))
+        self._put((seq, data))
+
+    def _close(self, reason: int) -> None:
+        if not self.closing:
+            self.closing = True
+            self._put((reason, b""))
 
     def stop(self) -> None:
         """Ask the stream to say goodbye (server shutdown)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait((self.SHUTDOWN, b""))
+        self._close(self.SHUTDOWN)
 
     def expire(self) -> None:
         """Ask the stream to say goodbye (it reached its maximum lifetime)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait((self.EXPIRED, b""))
+        self._close(self.EXPIRED)
+
+    def beat(self) -> None:
+        """A heartbeat, unless messages are already waiting (they keep the line alive)."""
+        if not self.buffer and not self.closing:
+            self._put((self.BEAT, HEARTBEAT))
+
+    def empty(self) -> bool:
+        return not self.buffer
+
+    def get_nowait(self) -> tuple[int, bytes]:
+        return self.buffer.popleft()
+
+    async def get(self) -> tuple[int, bytes]:
+        while not self.buffer:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.buffer.popleft()
 
 
 class Hub:
     """Reads new events for the streams that have subscribers here and fans them out."""
 
-    def __init__(self, engine: Any, listen_url: str, poll_interval: float) -> None:
+    def __init__(
+        self, engine: Any, listen_url: str, poll_interval: float, heartbeat: float = 15.0
+    ) -> None:
         self.engine = engine
         self.listen_url = plain_url(listen_url)
         self.poll_interval = poll_interval
+        self.heartbeat = heartbeat
         self.subs: dict[int, set[Subscriber]] = {}
         self.pos: dict[int, int] = {}
         self._wake = asyncio.Event()
@@ -115,7 +157,25 @@ class Hub:
             asyncio.create_task(self._run()),
             asyncio.create_task(self._listen()),
             asyncio.create_task(self._on_shutdown()),
+            asyncio.create_task(self._tick()),
         ]
+
+    async def _tick(self) -> None:
+        """One timer for every stream here: heartbeats, and goodbyes at maximum lifetime."""
+        period = min(self.heartbeat, 1.0)
+        next_beat = time.monotonic() + self.heartbeat
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            beat = now >= next_beat
+            if beat:
+                next_beat = now + self.heartbeat
+            for group in list(self.subs.values()):
+                for sub in list(group):
+                    if now >= sub.deadline:
+                        sub.expire()
+                    elif beat:
+                        sub.beat()
 
     async def _on_shutdown(self) -> None:
         await self.shutdown_event.wait()

@@ -21,7 +21,12 @@ class Realtime:
 
 def start_realtime(engine: Any, url: str, settings: Settings, metrics: Metrics) -> Realtime:
     """One hub (one LISTEN connection) per process; the notifier also wakes it directly."""
-    hub = Hub(engine, settings.listen_database_url or url, settings.sse_poll_interval_seconds)
+    hub = Hub(
+        engine,
+        settings.listen_database_url or url,
+        settings.sse_poll_interval_seconds,
+        settings.sse_heartbeat_seconds,
+    )
     hub.read_lag = metrics.notification_lag
     hub.start()
     notifier = PgNotifier(engine, hub)
