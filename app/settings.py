@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         description="Events queued for one slow SSE client before its stream is closed (it "
         "resumes from its last id).",
     )
+    sse_sync_limit: int = Field(
+        default=1000,
+        ge=1,
+        description="Most `job.sync` events sent on connect: the user's newest unfinished jobs, "
+        "in creation order.",
+    )
     sse_max_replay_events: int = Field(
         default=10_000,
         ge=1,

@@ -389,3 +389,22 @@ async def test_a_resume_too_far_behind_gets_job_sync_instead_of_a_replay(
             assert (live.event, live.id, live.data["progress"]) == ("job.progress", "6", 50)
     finally:
         limited.stop()
+
+
+async def test_sync_on_connect_sends_the_newest_unfinished_jobs_in_creation_order(
+    database_url, tmp_path, keys, client
+) -> None:
+    limited = start_server(database_url, tmp_path / "logs", env={"SEENN_SSE_SYNC_LIMIT": "2"})
+    try:
+        jobs = [await create_job(client, userId="u_many") for _ in range(4)]
+        await complete(client, jobs[3]["id"])  # finished: never synced
+        async with open_sse(limited.url, {"userId": "u_many"}, keys.auth()) as s:
+            assert (await s.next()).event == "connected"
+            syncs = [await s.next(), await s.next()]
+            assert [m.event for m in syncs] == ["job.sync", "job.sync"]
+            assert [m.data["jobId"] for m in syncs] == [jobs[1]["id"], jobs[2]["id"]]
+            await progress(client, jobs[0]["id"], 10)  # then the live stream
+            live = await s.next()
+            assert (live.event, live.data["jobId"]) == ("job.progress", jobs[0]["id"])
+    finally:
+        limited.stop()

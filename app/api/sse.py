@@ -102,7 +102,9 @@ async def sse(request: Request) -> EventSourceResponse:
             syncs = (
                 []
                 if resume
-                else await eventlog.unfinished_jobs(conn, owner, user_id, job_id, now_ms())
+                else await eventlog.unfinished_jobs(
+                    conn, owner, user_id, job_id, now_ms(), settings.sse_sync_limit
+                )
             )
             await conn.rollback()
     except BaseException:

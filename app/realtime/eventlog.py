@@ -11,8 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.repository import Owner
 
-SYNC_LIMIT = 1000  # unfinished jobs sent as job.sync on connect
-
 _STREAM = text(
     "SELECT stream_id, last_seq FROM event_streams "
     "WHERE app_id = :app_id AND mode = :mode AND user_id = :user_id"
@@ -36,7 +34,7 @@ _UNFINISHED = text(
     WHERE app_id = :app_id AND mode = :mode AND user_id = :user_id
       AND status IN ('pending', 'running') AND expires_at > :now
       AND (CAST(:job_id AS varchar) IS NULL OR id = :job_id OR parent_job_id = :job_id)
-    ORDER BY id LIMIT :limit
+    ORDER BY id DESC LIMIT :limit
     """
 )
 
@@ -69,14 +67,21 @@ async def backlog(conn: AsyncConnection, stream_id: int, after: int) -> list[Any
 
 
 async def unfinished_jobs(
-    conn: AsyncConnection, owner: Owner, user_id: str, job_id: str | None, now: datetime
+    conn: AsyncConnection,
+    owner: Owner,
+    user_id: str,
+    job_id: str | None,
+    now: datetime,
+    limit: int,
 ) -> list[Any]:
+    """The user's newest ``limit`` unfinished jobs, in creation order."""
     params = {
         "app_id": owner.app_id,
         "mode": owner.mode,
         "user_id": user_id,
         "job_id": job_id,
         "now": now,
-        "limit": SYNC_LIMIT,
+        "limit": limit,
     }
-    return list((await conn.execute(_UNFINISHED, params)).mappings())
+    newest_first = list((await conn.execute(_UNFINISHED, params)).mappings())
+    return newest_first[::-1]
