@@ -246,3 +246,22 @@ async def test_stored_counters_equal_a_recount(client, db):
         row["cancelled_children"],
         row["child_progress_sum"],
     ) == tuple(recount)
+
+
+@pytest.mark.parametrize("total", [1, 3])
+async def test_batch_whose_parent_and_children_share_a_job_type_completes(client, total):
+    # createBatch gives the parent and its children one jobType, hence one ETA key: the last
+    # child's completion records two durations (child and parent) in the same statistics row.
+    key = f"shared-{total}"
+    parent = await create_job(client, jobType=key, totalChildren=total)
+    kids = [await create_child(client, parent, i, jobType=key) for i in range(total)]
+    for kid in kids:
+        await progress(client, kid["id"], 50)
+    for kid in kids:
+        done = await complete(client, kid["id"])
+        assert done["status"] == "completed"
+    state = await get(client, parent["id"])
+    assert state["status"] == "completed" and state["progress"] == 100
+    assert state["children"]["completed"] == total
+    stats = (await client.get(f"/eta/{key}")).json()
+    assert stats["count"] == total + 1  # every child, then the parent

@@ -114,12 +114,19 @@ def for_parent(parent: Row, stats: Row | None, changes: Row, now: datetime) -> R
 
 
 async def on_complete(
-    repo: Repository, owner: Owner, job: Row, now: datetime, before: Row | None = None
+    repo: Repository,
+    owner: Owner,
+    job: Row,
+    now: datetime,
+    before: Row | None = None,
+    pending: Row | None = None,
 ) -> Staged:
     """Record a completed job's duration (and progress curve) in its key's statistics.
 
     ``before`` is the row as it was before completion, for the last progress milestones.
     Locks the key's row now; returns its new values, for the write's final statement.
+    ``pending`` is the key's statistics already staged by this write (a child and the
+    parent it completes share a key): the new values build on them, as one row change.
     """
     origin = job["started_at"] or job["created_at"]
     duration = round(_ms(job["completed_at"] - origin))
@@ -127,7 +134,11 @@ async def on_complete(
     state = _milestones(previous, 100, origin, job["completed_at"])
     stats_repo = EtaRepository(repo.conn)
     key = eta_key_of(job)
-    stats = await stats_repo.lock(owner, key, estimator.empty_digest(), now)
+    stats = (
+        pending
+        if pending is not None
+        else await stats_repo.lock(owner, key, estimator.empty_digest(), now)
+    )
     digest = stats["digest"] or estimator.empty_digest()
     estimator.record(digest, duration, state["m"])
     count = int(stats["count"])

@@ -151,7 +151,7 @@ class JobService:
         if cmd.message is not None:
             changes["message"] = cmd.message
         updated = await self._write(job, parent, changes, "job.completed")
-        self._staged.append(await eta.on_complete(self.repo, self.owner, updated, self.now, job))
+        await self._record_completion(updated, job)
         return updated
 
     async def fail(self, job_id: str, cmd: FailJob) -> Row:
@@ -186,6 +186,22 @@ class JobService:
             changes.update(_counter_columns(counts))
             changes["progress"] = parent_progress(job["child_progress_mode"], counts)
         return await self._write(job, parent, changes, "job.cancelled")
+
+    async def _record_completion(self, job: Row, before: Row) -> None:
+        """Stage the job's completion in its ETA key's statistics.
+
+        A row may change only once in the final statement, so a second completion for the
+        same key in this write (the last child and the parent it completes) builds on the
+        first one's staged values and replaces them.
+        """
+        key = {"app_id": self.owner.app_id, "mode": self.owner.mode, "eta_key": eta.eta_key_of(job)}
+        for i, staged in enumerate(self._staged):
+            if staged.table == "eta_stats" and staged.key == key:
+                self._staged[i] = await eta.on_complete(
+                    self.repo, self.owner, job, self.now, before, pending=staged.values
+                )
+                return
+        self._staged.append(await eta.on_complete(self.repo, self.owner, job, self.now, before))
 
     async def flush_events(self) -> None:
         """Store the staged job changes and append the collected events, in one statement.
@@ -303,9 +319,7 @@ class JobService:
         if status != parent["status"] and is_terminal(status):
             self._emit(TERMINAL_EVENT[status], updated)
             if status == COMPLETED:
-                self._staged.append(
-                    await eta.on_complete(self.repo, self.owner, updated, self.now, parent)
-                )
+                await self._record_completion(updated, parent)
 
 
 def _counter_columns(counts: ChildCounts) -> Row:
