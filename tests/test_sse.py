@@ -77,6 +77,8 @@ async def test_sync_then_parent_child_events(server, keys, client) -> None:
     assert ("parent.updated", parent["id"]) in names
     child_progress = next(m for m in got if m.event == "child.progress")
     assert child_progress.data["parent"]["parentJobId"] == parent["id"]
+    assert child_progress.data["parentJobId"] == parent["id"]  # where the RN SDK reads it
+    assert "parentJobId" not in next(m for m in got if m.event == "parent.updated").data
 
 
 async def test_job_filter_narrows_to_job_and_children(server, keys, client) -> None:
@@ -408,3 +410,25 @@ async def test_sync_on_connect_sends_the_newest_unfinished_jobs_in_creation_orde
             assert (live.event, live.data["jobId"]) == ("job.progress", jobs[0]["id"])
     finally:
         limited.stop()
+
+
+async def test_lines_end_in_a_bare_newline(server, keys, client) -> None:
+    # The React Native SDK splits on "\n" and dispatches on an empty line: a CR breaks it.
+    job = await create_job(client, userId="u_lf")
+    await progress(client, job["id"], 10)
+    headers = {**keys.auth(), "Last-Event-ID": "0"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+        params = {"userId": "u_lf"}
+        async with c.stream("GET", "/v1/sse", params=params, headers=headers) as r:
+            raw = b""
+            async for chunk in r.aiter_raw():
+                raw += chunk
+                if raw.count(b"\n\n") >= 3:  # connected, job.started, job.progress
+                    break
+    assert b"\r" not in raw
+    messages = raw.split(b"\n\n")[:3]
+    assert [m.split(b"\n")[1] for m in messages] == [
+        b"event: connected",
+        b"event: job.started",
+        b"event: job.progress",
+    ]

@@ -112,7 +112,10 @@ def child_summary(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def event_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A job as the event stream carries it: the REST job plus ``jobId``."""
+    """A job as the event stream carries it: the REST job plus ``jobId`` (and, for a
+    child, ``parentJobId`` at the top level, where the realtime clients look for it)."""
     out = job_view(row)
     out["jobId"] = row["id"]
+    if row.get("parent_job_id"):
+        out["parentJobId"] = row["parent_job_id"]
     return out

@@ -42,12 +42,17 @@ def plain_url(url: str) -> str:
 
 
 def encode(seq: int | None, event: str, data: str) -> bytes:
-    """One SSE message; ``data`` is a single-line JSON text."""
-    head = f"id: {seq}\r\n" if seq is not None else ""
-    return f"{head}event: {event}\r\ndata: {data}\r\n\r\n".encode()
+    """One SSE message; ``data`` is a single-line JSON text.
+
+    Lines end in a bare LF: the React Native SDK's parser splits on ``\\n`` and ends a
+    message on an empty line, so a CR would leave every line (and the blank one) with a
+    trailing ``\\r`` and no event would ever be dispatched.
+    """
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {event}\ndata: {data}\n\n".encode()
 
 
-HEARTBEAT = b"event: heartbeat\r\ndata: {}\r\n\r\n"  # no id: a resume must not skip
+HEARTBEAT = b"event: heartbeat\ndata: {}\n\n"  # no id: a resume must not skip
 
 
 @dataclass(eq=False)
