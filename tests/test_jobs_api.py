@@ -177,9 +177,21 @@ async def test_get_unknown_job_is_404_with_id_in_details(client):
     assert_error(await client.get(f"/jobs/{missing}/children"), 404, "NOT_FOUND")
 
 
-async def test_malformed_job_id_is_a_validation_error(client):
-    for bad in ("abc", "01HXYZ123456789ABCDEFGHJKU", "' OR 1=1 --", "0" * 27):
-        assert_error(await client.get(f"/jobs/{bad}"), 400, "VALIDATION_ERROR")
+async def test_a_malformed_job_id_is_an_unknown_job(client):
+    # The SDK's own example: jobs.get('nonexistent') raises NotFoundError (from details.id).
+    for bad in ("nonexistent", "01hxyz123456789abcdefghjkm", "' OR 1=1 --", "0" * 27):
+        response = await client.get(f"/jobs/{bad}")
+        assert assert_error(response, 404, "NOT_FOUND")["details"] == {"id": bad}
+    assert_error(await client.get("/jobs/nonexistent/children"), 404, "NOT_FOUND")
+    for action, body in (("progress", {"progress": 5}), ("complete", {}), ("cancel", {})):
+        response = await client.post(f"/jobs/nonexistent/{action}", json=body)
+        assert assert_error(response, 404, "NOT_FOUND")["details"] == {"id": "nonexistent"}
+    # Even with a body that is itself invalid: there is no such job to validate it against.
+    response = await client.post("/jobs/nonexistent/fail", json={"error": 3})
+    assert_error(response, 404, "NOT_FOUND")
+    # Authentication still comes first.
+    response = await client.get("/jobs/nonexistent", headers={"Authorization": "Bearer nope"})
+    assert_error(response, 401, "UNAUTHORIZED")
 
 
 async def test_list_is_newest_first_with_opaque_cursor_and_no_gaps(client):

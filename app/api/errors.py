@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.api.responses import error_response
-from app.domain.errors import DomainError
+from app.domain.errors import DomainError, JobNotFound
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ async def _domain(request: Request, exc: Exception) -> Response:
 
 async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    for e in exc.errors():
+        # No job has a malformed id: answer as for any unknown job (the SDKs build their
+        # NotFoundError from details.id, and polling clients stop on a 404).
+        if tuple(e.get("loc", ())) == ("path", "job_id") and isinstance(e.get("input"), str):
+            return _job_not_found(e["input"])
     errors = []
     for e in exc.errors():
         if e.get("type") == "json_invalid":
@@ -99,6 +104,11 @@ async def _validation(request: Request, exc: Exception) -> Response:
     first = errors[0] if errors else {"field": "", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
     return error_response(400, "VALIDATION_ERROR", message, {"errors": errors})
+
+
+def _job_not_found(job_id: str) -> Response:
+    error = JobNotFound(job_id[:200])
+    return error_response(404, error.code, error.message, error.details)
 
 
 async def _http(request: Request, exc: Exception) -> Response:
