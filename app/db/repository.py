@@ -200,7 +200,7 @@ _CANCEL_CHILDREN = text(
     )
     UPDATE jobs AS j
     SET status = 'cancelled', updated_at = :now, completed_at = :now,
-        estimated_completion_at = NULL
+        estimated_completion_at = NULL, eta_confidence = NULL, eta_based_on = NULL
     FROM old WHERE j.id = old.id
     RETURNING j.*, old.status AS old_status
     """

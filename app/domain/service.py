@@ -42,6 +42,9 @@ TERMINAL_EVENT = {COMPLETED: "job.completed", FAILED: "job.failed", CANCELLED: "
 Locked = tuple[Row, Row | None]  # a locked job row and its ETA key's statistics (or None)
 _BLANK_JOB: Row = {column.name: None for column in jobs.c}  # a new row's unset columns
 
+# A terminal job keeps no estimate: no future completion time, no confidence in one.
+NO_ETA: Row = {"estimated_completion_at": None, "eta_confidence": None, "eta_based_on": None}
+
 
 @dataclass
 class JobService:
@@ -144,7 +147,7 @@ class JobService:
             "progress": 100,
             "updated_at": self.now,
             "completed_at": self.now,
-            "estimated_completion_at": None,
+            **NO_ETA,
         }
         if cmd.result is not None:
             changes["result"] = cmd.result
@@ -162,7 +165,7 @@ class JobService:
             "retryable": cmd.retryable,
             "updated_at": self.now,
             "completed_at": self.now,
-            "estimated_completion_at": None,
+            **NO_ETA,
         }
         return await self._write(job, parent, changes, "job.failed")
 
@@ -172,7 +175,7 @@ class JobService:
             "status": CANCELLED,
             "updated_at": self.now,
             "completed_at": self.now,
-            "estimated_completion_at": None,
+            **NO_ETA,
         }
         if cmd.reason is not None:
             changes["message"] = cmd.reason
@@ -312,7 +315,7 @@ class JobService:
             changes["started_at"] = self.now
         if is_terminal(status):
             changes["completed_at"] = self.now
-            changes["estimated_completion_at"] = None
+            changes.update(NO_ETA)
         changes.update(eta.for_parent(parent, stats, changes, self.now))
         updated = self._stage(parent, changes)
         self._emit("parent.updated", updated)
