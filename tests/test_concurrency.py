@@ -110,3 +110,44 @@ async def test_hundreds_of_children_written_concurrently_stay_exact(wide_client,
     )
     stored = await db.fetchval("SELECT child_progress_sum FROM jobs WHERE id = $1", parent["id"])
     assert stored == recount == expected.progress_sum
+
+
+async def test_a_batch_sharing_one_job_type_completes_concurrently_with_exact_eta_counts(
+    wide_client,
+):
+    """createBatch as the SDK sends it (parent and children share the jobType, hence one ETA
+    key), then every child completes at once: the parent completes, the statistics count
+    every child and the parent exactly once."""
+    total, key = 200, "shared-batch-concurrent"
+    parent = (
+        await wide_client.post(
+            "/jobs",
+            json={"jobType": key, "userId": "sb-user", "title": "batch", "totalChildren": total},
+        )
+    ).json()
+
+    async def child(i: int) -> str:
+        body = {
+            "jobType": key,
+            "userId": "sb-user",
+            "title": f"#{i}",
+            "parentJobId": parent["id"],
+            "childIndex": i,
+        }
+        r = await wide_client.post("/jobs", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    ids = await asyncio.gather(*[child(i) for i in range(total)])
+    done = await asyncio.gather(*[wide_client.post(f"/jobs/{i}/complete", json={}) for i in ids])
+    assert [r.status_code for r in done] == [200] * total, {
+        r.status_code: r.text for r in done if r.status_code != 200
+    }
+    state = (await wide_client.get(f"/jobs/{parent['id']}")).json()
+    assert (state["status"], state["progress"], state["children"]["completed"]) == (
+        "completed",
+        100,
+        total,
+    )
+    stats = (await wide_client.get(f"/eta/{key}")).json()
+    assert stats["count"] == total + 1

@@ -1,5 +1,7 @@
 """Every validation range of the specification, at and past its bounds."""
 
+from datetime import datetime, timedelta
+
 import pytest
 
 from tests.helpers import assert_error, create_job, create_parent
@@ -158,3 +160,9 @@ async def test_unstorable_strings_are_rejected(client):
     assert_error(response, 400, "VALIDATION_ERROR")
     listed = await client.get("/jobs", params={"userId": "u"})
     assert listed.json() == {"jobs": []}
+
+
+async def test_null_ttl_means_the_default_30_days(client):
+    job = await create_job(client, ttlSeconds=None)
+    created = datetime.fromisoformat(job["createdAt"])
+    assert datetime.fromisoformat(job["expiresAt"]) - created == timedelta(days=30)

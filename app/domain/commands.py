@@ -142,7 +142,8 @@ class CreateJob(_Input):
     stage: StageInfo | None = None
     estimatedCompletionAt: Timestamp | None = None
     estimatedDuration: Annotated[StrictInt, Field(ge=1000, le=86_400_000)] | None = None
-    ttlSeconds: Annotated[StrictInt, Field(ge=60, le=2_592_000)] = TTL_DEFAULT
+    # null means the default, as for every other optional field.
+    ttlSeconds: Annotated[StrictInt, Field(ge=60, le=2_592_000)] | None = TTL_DEFAULT
     totalChildren: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
     childProgressMode: Literal["average", "sequential", "weighted"] | None = None
     parentJobId: JobId | None = None

@@ -17,7 +17,14 @@ from ulid import ULID
 from app.db.repository import Owner, Repository, Row, Staged, UniqueViolation
 from app.db.tables import jobs
 from app.domain import eta
-from app.domain.commands import CancelJob, CompleteJob, CreateJob, FailJob, UpdateProgress
+from app.domain.commands import (
+    TTL_DEFAULT,
+    CancelJob,
+    CompleteJob,
+    CreateJob,
+    FailJob,
+    UpdateProgress,
+)
 from app.domain.errors import (
     DuplicateChildIndex,
     InvalidChildIndex,
@@ -95,7 +102,7 @@ class JobService:
             "estimated_duration": cmd.estimatedDuration,
             "created_at": self.now,
             "updated_at": self.now,
-            "expires_at": self.now + timedelta(seconds=cmd.ttlSeconds),
+            "expires_at": self.now + timedelta(seconds=cmd.ttlSeconds or TTL_DEFAULT),
         }
         if cmd.totalChildren is not None:
             values.update(
