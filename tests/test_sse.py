@@ -24,7 +24,7 @@ async def test_job_life_in_order(server, keys, client: httpx.AsyncClient) -> Non
     params = {"userId": "u_life"}
     async with open_sse(server.url, params, keys.auth(keys.public)) as s:
         first = await s.next()
-        assert first.event == "connected" and first.data["userId"] == "u_life"
+        assert first.event == "connected" and first.data == {"userId": "u_life"}
         job = await create_job(client, userId="u_life")
         await progress(client, job["id"], 40, message="half")
         await complete(client, job["id"])
@@ -87,7 +87,9 @@ async def test_job_filter_narrows_to_job_and_children(server, keys, client) -> N
     async with open_sse(
         server.url, {"userId": "u_f", "jobId": parent["id"], "key": keys.public}
     ) as s:
-        assert (await s.next()).event == "connected"
+        hello = await s.next()
+        assert hello.event == "connected"
+        assert hello.data == {"userId": "u_f", "jobId": parent["id"]}
         assert (await s.next()).data["jobId"] == parent["id"]
         await progress(client, other["id"], 10)
         child = await create_child(client, parent, 1)

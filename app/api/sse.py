@@ -113,7 +113,8 @@ async def sse(request: Request) -> EventSourceResponse:
         slot.release()
         raise
 
-    first = [encode(start, "connected", _json({"userId": user_id, "jobId": job_id}))]
+    hello = {"userId": user_id} if job_id is None else {"userId": user_id, "jobId": job_id}
+    first = [encode(start, "connected", _json(hello))]  # absent, never null
     first += [encode(None, "job.sync", _json(event_view(row))) for row in syncs]
     sent = start
     replayed = 0
