@@ -73,11 +73,22 @@ async def test_sync_then_parent_child_events(server, keys, client) -> None:
         got = await s.take(4)
     names = [(m.event, m.data["jobId"]) for m in got]
     assert ("job.started", child["id"]) in names
-    assert ("child.progress", child["id"]) in names
+    assert ("child.progress", parent["id"]) in names
     assert ("parent.updated", parent["id"]) in names
+    # child.progress is the parent as the child moved it: the React Native SDK merges it into
+    # the job found by data.parentJobId and stores the result under data.jobId.
     child_progress = next(m for m in got if m.event == "child.progress")
-    assert child_progress.data["parent"]["parentJobId"] == parent["id"]
-    assert child_progress.data["parentJobId"] == parent["id"]  # where the RN SDK reads it
+    assert child_progress.data["parentJobId"] == child_progress.data["jobId"] == parent["id"]
+    assert child_progress.data["progress"] == 25 and child_progress.data["status"] == "running"
+    assert child_progress.data["children"]["running"] == 1
+    assert child_progress.data["child"] == {
+        "id": child["id"],
+        "childIndex": 0,
+        "status": "running",
+        "progress": 50,
+    }
+    started = next(m for m in got if m.event == "job.started")
+    assert started.data["parentJobId"] == parent["id"]  # a child's own events name its parent
     assert "parentJobId" not in next(m for m in got if m.event == "parent.updated").data
 
 
@@ -96,7 +107,7 @@ async def test_job_filter_narrows_to_job_and_children(server, keys, client) -> N
         await progress(client, child["id"], 30)
         got = await s.take(3)
     assert [m.data["jobId"] for m in got][0] == child["id"]  # `other` filtered out
-    assert {m.data["jobId"] for m in got} <= {parent["id"], child["id"]}
+    assert {m.data["jobId"] for m in got} == {parent["id"], child["id"]}
     assert {m.event for m in got} >= {"job.started", "child.progress"}
 
 

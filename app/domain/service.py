@@ -231,6 +231,24 @@ class JobService:
         self._user_id = job["user_id"]
         self._events.append((name, job["id"], event_view(job)))
 
+    def _emit_child_progress(self, parent: Row, child: Row) -> None:
+        """``child.progress``: the parent as the child's write left it, keyed by the parent.
+
+        The realtime clients merge this event into the parent they hold (found by
+        ``parentJobId``) and store the result under its ``jobId``; so both name the
+        parent, and the child that moved rides along under ``child``.
+        """
+        payload = event_view(parent)
+        payload["parentJobId"] = parent["id"]
+        payload["child"] = {
+            "id": child["id"],
+            "childIndex": child["child_index"],
+            "status": child["status"],
+            "progress": child["progress"],
+        }
+        self._user_id = parent["user_id"]
+        self._events.append(("child.progress", parent["id"], payload))
+
     async def _check_parent(self, cmd: CreateJob) -> None:
         assert cmd.parentJobId is not None and cmd.childIndex is not None
         # Share-lock the parent so a concurrent cancel cannot miss this child.
@@ -305,8 +323,8 @@ class JobService:
     async def _update_parent(self, locked: Locked, before: Row, after: Row) -> None:
         """Apply one child's before→after delta to its parent: O(1), never a recount."""
         parent, stats = locked
-        self._emit("child.progress", after)
         if is_terminal(parent["status"]):
+            self._emit_child_progress(parent, after)
             return
         counts = counts_of(parent).moved(
             (before["status"], before["progress"]), (after["status"], after["progress"])
@@ -325,6 +343,7 @@ class JobService:
             changes.update(NO_ETA)
         changes.update(eta.for_parent(parent, stats, changes, self.now))
         updated = self._stage(parent, changes)
+        self._emit_child_progress(updated, after)
         self._emit("parent.updated", updated)
         if status != parent["status"] and is_terminal(status):
             self._emit(TERMINAL_EVENT[status], updated)
