@@ -33,7 +33,10 @@ OK_AND_BAD = [
     ("childProgressMode", "sequential", "fastest"),
     ("estimatedCompletionAt", "2030-01-01T00:00:00Z", "tomorrow"),
     ("queue", {"position": 0}, {"position": -1}),
-    ("stage", {"name": "s"}, {"name": ""}),
+    ("stage", {"name": "s", "current": 1, "total": 3}, {"name": "", "current": 1, "total": 3}),
+    # The clients cast current and total to int: both are required.
+    ("stage", {"name": "s", "current": 0, "total": 1}, {"name": "s", "current": 1}),
+    ("stage", {"name": "s", "current": 0, "total": 1}, {"name": "s"}),
 ]
 
 
@@ -166,3 +169,19 @@ async def test_null_ttl_means_the_default_30_days(client):
     job = await create_job(client, ttlSeconds=None)
     created = datetime.fromisoformat(job["createdAt"])
     assert datetime.fromisoformat(job["expiresAt"]) - created == timedelta(days=30)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [{"type": 5}, {"url": 123}, {"data": "30s"}, {"data": [1, 2]}],
+    ids=["type", "url", "data-string", "data-list"],
+)
+async def test_result_fields_read_by_the_clients_must_have_their_types(client, result):
+    job = await create_job(client)
+    response = await client.post(f"/jobs/{job['id']}/complete", json={"result": result})
+    error = assert_error(response, 400, "VALIDATION_ERROR")
+    assert error["details"]["errors"][0]["field"].startswith("result")
+    assert (await client.get(f"/jobs/{job['id']}")).json()["status"] == "pending"
+    ok = {"type": "video", "url": "https://cdn.example/v.mp4", "data": {"s": 30}, "extra": [1]}
+    done = await client.post(f"/jobs/{job['id']}/complete", json={"result": ok})
+    assert done.status_code == 200 and done.json()["result"] == ok

@@ -127,8 +127,9 @@ class QueueInfo(_Input):
 
 class StageInfo(_Input):
     name: Annotated[Text, Field(min_length=1, max_length=100)]
-    current: Count | None = None
-    total: Count | None = None
+    # Required: the clients cast both to int (the Flutter SDK fails on a missing one).
+    current: Count
+    total: Count
     description: Annotated[Text, Field(max_length=500)] | None = None
 
 
@@ -169,8 +170,34 @@ class UpdateProgress(_Input):
     metadata: Metadata | None = None
 
 
+def _result_shape(value: dict[str, Any]) -> dict[str, Any]:
+    """The fields the clients read from a result have the types they cast them to."""
+    for name in ("type", "url"):
+        if value.get(name) is not None and not isinstance(value[name], str):
+            raise ValueError(f"result.{name} must be a string")
+    if value.get("data") is not None and not isinstance(value["data"], dict):
+        raise ValueError("result.data must be an object")
+    return value
+
+
+JobResultIn = Annotated[
+    dict[str, Any],
+    _json_within(RESULT_MAX_BYTES),
+    AfterValidator(_result_shape),
+    Field(
+        json_schema_extra={
+            "properties": {
+                "type": {"type": "string"},
+                "url": {"type": "string"},
+                "data": {"type": "object"},
+            }
+        }
+    ),
+]
+
+
 class CompleteJob(_Input):
-    result: Annotated[dict[str, Any], _json_within(RESULT_MAX_BYTES)] | None = None
+    result: JobResultIn | None = None
     message: Message | None = None
 
 
