@@ -61,7 +61,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         app.state.hub = realtime.hub
         app.state.notifier = realtime.notifier
         app.state.rate_limiter = limiter_from_settings(settings)
-        app.state.sse_limiter = ConnectionLimiter(settings.sse_max_connections_per_key)
+        app.state.sse_limiter = ConnectionLimiter(
+            settings.sse_max_connections_per_key, settings.sse_max_connections_per_user
+        )
         sweeper = start_sweeper(app.state.engine, settings)
         try:
             yield

@@ -83,7 +83,15 @@ class Settings(BaseSettings):
         description="Requests a key may send at once; covers an SDK createBatch of 1,000 children.",
     )
     sse_max_connections_per_key: int = Field(
-        default=100, ge=1, description="Open SSE streams per API key per replica; more get 429."
+        default=10_000,
+        ge=1,
+        description="Open SSE streams per API key per replica (a public key is shared by every "
+        "install of an app); more get 429.",
+    )
+    sse_max_connections_per_user: int = Field(
+        default=10,
+        ge=1,
+        description="Open SSE streams per API key and userId per replica; more get 429.",
     )
     idempotency_retention_hours: float = Field(
         default=24.0, gt=0, description="How long an Idempotency-Key and its response are kept."

@@ -72,6 +72,7 @@ SERVER_ENV = {
     # A benchmark measures throughput, not the per-key limiter (its own tests cover it).
     "SEENN_RATE_LIMIT_ENABLED": "false",
     "SEENN_SSE_MAX_CONNECTIONS_PER_KEY": "100000",
+    "SEENN_SSE_MAX_CONNECTIONS_PER_USER": "100000",
     "SEENN_AUTH_CACHE_SECONDS": "5",  # the deployment default (the test harness uses 0)
     "SEENN_LOG_LEVEL": "warning",
     "SEENN_SWEEP_INTERVAL_SECONDS": "0",

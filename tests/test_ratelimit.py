@@ -106,6 +106,23 @@ def test_connection_limiter_caps_and_releases_per_key() -> None:
     assert limiter.open_connections("a") == 0
 
 
+def test_connection_limiter_caps_each_user_of_a_shared_key_and_the_key() -> None:
+    # A public key is shared by every install of an app: users are capped one by one, and
+    # the key as a whole only at the (much higher) replica guard.
+    limiter = ConnectionLimiter(max_per_key=3, max_per_user=2)
+    assert limiter.acquire("k", "u1") and limiter.acquire("k", "u1")
+    assert limiter.refusal("k", "u1") == "user" and not limiter.acquire("k", "u1")
+    assert limiter.acquire("k", "u2")
+    assert limiter.refusal("k", "u3") == "key" and not limiter.acquire("k", "u3")
+    assert limiter.acquire("other", "u1")  # another key is counted apart
+    limiter.release("k", "u1")
+    assert limiter.open_connections("k") == 2 and limiter.open_connections("k", "u1") == 1
+    assert limiter.acquire("k", "u3")
+    for user in ("u1", "u2", "u3"):
+        limiter.release("k", user)
+    assert limiter.open_connections("k") == 0 and limiter.open_connections("k", "u1") == 0
+
+
 def test_an_sse_slot_is_released_once_however_often_release_is_called() -> None:
     limiter = ConnectionLimiter(max_per_key=2)
     assert limiter.acquire("a") and limiter.acquire("a")
@@ -120,23 +137,28 @@ async def test_the_sse_cap_answers_429_with_retry_after_in_the_envelope() -> Non
     app = FastAPI()
     install_error_handlers(app)
     app.add_middleware(RateLimitHeadersMiddleware)
-    app.state.sse_limiter = ConnectionLimiter(max_per_key=1)
+    app.state.sse_limiter = ConnectionLimiter(max_per_key=2, max_per_user=1)
     held: list[SseSlot] = []
 
     @app.get("/stream")
     async def stream(request: Request) -> dict[str, bool]:
-        held.append(acquire_sse_slot(request, Principal("key_1", "app", "test", "public")))
+        user = request.query_params.get("userId")
+        held.append(acquire_sse_slot(request, Principal("key_1", "app", "test", "public"), user))
         return {"ok": True}
 
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        assert (await client.get("/stream")).status_code == 200
-        refused = await client.get("/stream")
+        assert (await client.get("/stream?userId=a")).status_code == 200
+        refused = await client.get("/stream?userId=a")
         error = assert_error(refused, 429, "RATE_LIMITED")
         assert refused.headers["Retry-After"] == "5"
-        assert error["details"]["maxConnections"] == 1
+        assert error["details"] == {"maxConnections": 1, "scope": "user", "retryAfter": 5}
+        assert (await client.get("/stream?userId=b")).status_code == 200
+        refused = await client.get("/stream?userId=c")
+        error = assert_error(refused, 429, "RATE_LIMITED")
+        assert error["details"] == {"maxConnections": 2, "scope": "key", "retryAfter": 5}
         held[0].release()
-        assert (await client.get("/stream")).status_code == 200
+        assert (await client.get("/stream?userId=a")).status_code == 200
 
 
 # --- over HTTP, default limits (the session server) ------------------------------------

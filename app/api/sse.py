@@ -73,7 +73,7 @@ async def sse(request: Request) -> EventSourceResponse:
     hub: Hub = state.hub
     metrics: Metrics = state.metrics
 
-    slot = acquire_sse_slot(request, principal)
+    slot = acquire_sse_slot(request, principal, user_id)
     sub: Subscriber | None = None
     try:
         # All database work happens here; the connection is back in the pool before
