@@ -156,7 +156,7 @@ async def test_reset_forgets_a_key_and_404s_after(client, db):
     assert response.status_code == 200
     assert response.json() == {"deleted": True, "etaKey": "wf-reset"}
     error = assert_error(await stats_of(client, "wf-reset"), 404, "NOT_FOUND")
-    assert error["details"] == {"etaKey": "wf-reset"}
+    assert error["details"] == {"etaKey": "wf-reset", "id": "wf-reset"}
     assert (await client.delete("/eta/wf-reset")).json() == {
         "deleted": False,
         "etaKey": "wf-reset",
@@ -169,7 +169,7 @@ async def test_reset_forgets_a_key_and_404s_after(client, db):
 
 async def test_unknown_keys_404_and_malformed_keys_400(client):
     error = assert_error(await stats_of(client, "never-used"), 404, "NOT_FOUND")
-    assert error["details"] == {"etaKey": "never-used"}
+    assert error["details"] == {"etaKey": "never-used", "id": "never-used"}
     assert (await client.get("/eta")).json() == {"stats": []}
     for bad in ("x" * 101, "a%01b"):
         assert_error(await client.get(f"/eta/{bad}"), 400, "VALIDATION_ERROR")

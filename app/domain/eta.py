@@ -24,7 +24,10 @@ _MAX_REMAINING_MS = 366 * 86_400_000
 
 class EtaKeyNotFound(NotFound):
     def __init__(self, eta_key: str) -> None:
-        super().__init__(f"No ETA statistics for key {eta_key!r}", {"etaKey": eta_key})
+        # details.id too: the SDKs build NotFoundError from it.
+        super().__init__(
+            f"No ETA statistics for key {eta_key!r}", {"etaKey": eta_key, "id": eta_key}
+        )
 
 
 def eta_key_of(job: Row) -> str:
