@@ -222,3 +222,14 @@ async def test_a_child_of_an_expired_parent_takes_no_writes_and_reads_as_not_fou
     )
     assert (row["progress"], row["running_children"]) == (15, 1)
     assert await events_of(db, [child["id"], parent["id"]]) == events_before
+
+
+async def test_a_child_expires_with_its_parent_whatever_its_own_ttl(
+    client: httpx.AsyncClient,
+) -> None:
+    # A child expiring first would stay in its parent's counters and leave the parent
+    # running for good; one outliving the parent could never be read.
+    parent = await create_parent(client, 2, ttlSeconds=3600)
+    short = await create_child(client, parent, 0, ttlSeconds=60)
+    long = await create_child(client, parent, 1, ttlSeconds=7200)
+    assert short["expiresAt"] == long["expiresAt"] == parent["expiresAt"]

@@ -115,8 +115,15 @@ class JobService:
                 child_progress_mode=cmd.childProgressMode or "average",
             )
         if cmd.parentJobId is not None:
-            await self._check_parent(cmd)
-            values.update(parent_job_id=cmd.parentJobId, child_index=cmd.childIndex)
+            parent = await self._check_parent(cmd)
+            # A child lives exactly as long as its parent: one expiring first would stay in
+            # the parent's counters and leave the parent unfinished for good, and one
+            # outliving it is unreachable (a child of an expired parent reads as 404).
+            values.update(
+                parent_job_id=cmd.parentJobId,
+                child_index=cmd.childIndex,
+                expires_at=parent["expires_at"],
+            )
         values.update(await eta.at_creation(self.repo, self.owner, cmd, self.now))
         job = {**_BLANK_JOB, **values}
         self._staged.append(Staged("jobs", {}, values, insert=True))
@@ -249,7 +256,7 @@ class JobService:
         self._user_id = parent["user_id"]
         self._events.append(("child.progress", parent["id"], payload))
 
-    async def _check_parent(self, cmd: CreateJob) -> None:
+    async def _check_parent(self, cmd: CreateJob) -> Row:
         assert cmd.parentJobId is not None and cmd.childIndex is not None
         # Share-lock the parent so a concurrent cancel cannot miss this child.
         parent = await self.repo.share_lock_job(self.owner, cmd.parentJobId, self.now)
@@ -274,6 +281,7 @@ class JobService:
                 f"Parent job {cmd.parentJobId} is {parent['status']}",
                 {"id": cmd.parentJobId, "status": parent["status"]},
             )
+        return parent
 
     async def _existing_child(self, cmd: CreateJob) -> Row:
         assert cmd.parentJobId is not None and cmd.childIndex is not None
