@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp
 
@@ -30,6 +31,21 @@ from app.realtime.runtime import end_streams, start_realtime, stop_realtime
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("seenn.server")
+# What a browser client may send, and read back, across origins.
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "Last-Event-ID",
+    "X-Request-ID",
+]
+CORS_RESPONSE_HEADERS = [
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-Request-ID",
+    "Idempotent-Replayed",
+]
 
 
 class SeennApp(FastAPI):
@@ -90,6 +106,16 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(StrictUrlMiddleware)
     app.add_middleware(RateLimitHeadersMiddleware)
+    origins = [o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()]
+    if origins:  # outermost of these, so a preflight is answered before anything else
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+            max_age=600,
+        )
     return app
 
 

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = Field(
         default="127.0.0.1", description="Proxies trusted for X-Forwarded-* headers (comma list)."
     )
+    cors_allow_origins: str = Field(
+        default="",
+        description="Browser origins allowed to call the API (comma list, or *); empty: no "
+        "CORS headers (native apps and servers need none).",
+    )
     graceful_shutdown_seconds: int = Field(
         default=10,
         ge=0,

@@ -21,6 +21,8 @@ def _rows() -> dict[str, str]:
 def _shown(value: object) -> str:
     if value is None:
         return "unset"
+    if value == "":
+        return "(empty)"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float) and value.is_integer():
