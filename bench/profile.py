@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,14 @@ async def count_round_trips(
     return out
 
 
+def _samples(raw: Path) -> Iterator[tuple[list[str], int]]:
+    """(frames outermost first, sample count) per line of py-spy's collapsed stacks."""
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            yield stack.split(";"), int(count)
+
+
 def summarize_profile(
     raw: Path, top: int = 25
 ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
@@ -186,13 +195,8 @@ def summarize_profile(
     own: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
+    for frames, n in _samples(raw):
         total += n
-        frames = stack.split(";")
         own[_short(frames[-1])] += n
         for f in {_short(f) for f in frames}:
             incl[f] += n
@@ -219,14 +223,9 @@ def layer_shares(raw: Path) -> list[tuple[str, float]]:
     """Share of busy samples by the layer of the innermost frame (where CPU was spent)."""
     shares: Counter[str] = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
+    for frames, n in _samples(raw):
         total += n
-        leaf = stack.split(";")[-1]
-        where = leaf.partition(" (")[2]
+        where = frames[-1].partition(" (")[2]
         for name, needles in LAYERS:
             if any(x in where for x in needles):
                 shares[name] += n

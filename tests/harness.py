@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -38,25 +39,27 @@ def provision_database(workdir: Path) -> tuple[str, object]:
     handle: object = None
     if base is None:
         base, handle = start_embedded(workdir)
-    name = f"seenn_test_{os.getpid()}_{secrets.token_hex(3)}"
+    url = create_database(base, f"seenn_test_{os.getpid()}")
+    upgrade(url)
+    return url, handle
+
+
+def create_database(server_url: str, prefix: str) -> str:
+    """A new, empty database named ``prefix`` plus a random suffix on ``server_url``'s
+    server; returns its URL (same credentials and options)."""
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{secrets.token_hex(3)}"
 
     async def create() -> None:
-        conn = await asyncpg.connect(plain_url(base))
+        conn = await asyncpg.connect(plain_url(server_url))
         try:
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
 
     asyncio.run(create())
-    url = _with_database(base, name)
-    upgrade(url)
-    return url, handle
-
-
-def _with_database(url: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 async def create_key(url: str, app_id: str, kind: str = "secret", mode: str = "test") -> str:
@@ -128,17 +131,23 @@ def start_server(
         stderr=subprocess.STDOUT,
     )
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 30
+    _wait_until_it_answers(server, f"{server.url}/v1/jobs", "server", 30)
+    return server
+
+
+def _wait_until_it_answers(proc: Any, url: str, what: str, seconds: float) -> None:
+    """Poll ``url`` until it answers HTTP; stop ``proc`` and raise with its log otherwise."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{server.log()}")
+        if proc.process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{proc.log()}")
         try:
-            httpx.get(f"{server.url}/v1/jobs", timeout=1)
-            return server
+            httpx.get(url, timeout=1)
+            return
         except httpx.TransportError:
-            time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"server did not start:\n{server.log()}")
+            time.sleep(0.05)
+    proc.stop()
+    raise RuntimeError(f"{what} did not start:\n{proc.log()}")
 
 
 @contextmanager
@@ -276,14 +285,5 @@ def start_nginx(
         nginx_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     proxy = NginxProcess(f"http://127.0.0.1:{port}", process, directory)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited early:\n{proxy.log()}")
-        try:
-            httpx.get(f"{proxy.url}/healthz", timeout=1)
-            return proxy
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proxy.stop()
-    raise RuntimeError(f"nginx did not start:\n{proxy.log()}")
+    _wait_until_it_answers(proxy, f"{proxy.url}/healthz", "nginx", 15)
+    return proxy

@@ -76,9 +76,6 @@ class PgCluster:
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def url_for(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
     def _ctl(self, *args: str, timeout: float = 30) -> None:
         subprocess.run(
             [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args],
@@ -169,23 +166,12 @@ def pg_cluster(root: Path) -> Iterator[PgCluster]:
             pass
 
 
-def create_migrated_database(cluster: PgCluster, name: str) -> str:
-    """Create database ``name`` in ``cluster``, apply the migrations, return its URL."""
-    import asyncio
-
-    import asyncpg
-
+def create_migrated_database(cluster: PgCluster, prefix: str) -> str:
+    """Create a database named after ``prefix`` in ``cluster``, migrate it, return its URL."""
     from app.db.migrate import upgrade
+    from tests.harness import create_database
 
-    async def create() -> None:
-        conn = await asyncpg.connect(cluster.url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    url = cluster.url_for(name)
+    url = create_database(cluster.url, prefix)
     upgrade(url)
     return url
 

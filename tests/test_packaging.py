@@ -8,9 +8,7 @@ outside the repository: migrate an empty database, create a key, serve, and answ
 
 from __future__ import annotations
 
-import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -18,13 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from app.db.engine import plain_url
-from tests.harness import ROOT, free_port
+from tests.harness import ROOT, create_database, free_port
 
 
 @dataclass
@@ -100,17 +95,7 @@ def test_wheel_carries_the_migrations_and_imports_from_the_venv(installed) -> No
 @pytest.fixture
 def empty_database(database_url: str) -> str:
     """A new, empty database (no schema) on the session's PostgreSQL server."""
-    name = f"seenn_pkg_{secrets.token_hex(4)}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(plain_url(database_url))
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    return create_database(database_url, "seenn_pkg")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from app.db.engine import plain_url
 from app.db.migrate import upgrade
-from tests.harness import ServerProcess, create_key, start_server
+from tests.harness import ServerProcess, create_database, create_key, start_server
 from tests.sse_client import open_sse
 
 
@@ -27,19 +27,7 @@ from tests.sse_client import open_sse
 def own_database(database_url: str) -> str:
     """A database of this module's own in the session's server, so killing its
     connections cannot disturb the other tests' servers."""
-    from sqlalchemy.engine import make_url
-
-    name = f"seenn_listener_{secrets.token_hex(3)}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(plain_url(database_url))
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    url = create_database(database_url, "seenn_listener")
     upgrade(url)
     return url
 

@@ -119,6 +119,11 @@ _SHARE_LOCK_OWNED = text("SELECT * FROM jobs WHERE id = :id AND " + _OWNED + " F
 _ETA_COLUMNS = ("eta_count", "eta_digest", "eta_default_duration")
 
 
+def _owned(owner: Owner, job_id: str, now: datetime) -> dict[str, Any]:
+    """Parameters of the statements that find one live job of the owner's app and mode."""
+    return {"id": job_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
+
+
 def _split_eta(row: Any) -> tuple[Row, Row | None]:
     """A joined row as (job, its key's stats or None)."""
     job = dict(row)
@@ -216,7 +221,7 @@ class Repository:
     # --- jobs -------------------------------------------------------------------------
 
     async def get_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
-        params = {"id": job_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
+        params = _owned(owner, job_id, now)
         row = (await self.conn.execute(_GET_JOB, params)).mappings().first()
         return dict(row) if row else None
 
@@ -227,7 +232,7 @@ class Repository:
 
         Returns ``(job, stats of its ETA key or None)``.
         """
-        params = {"id": job_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
+        params = _owned(owner, job_id, now)
         row = (await self.conn.execute(_LOCK_PLAIN, params)).mappings().first()
         return _split_eta(row) if row else None
 
@@ -235,7 +240,7 @@ class Repository:
         self, owner: Owner, child_id: str, now: datetime
     ) -> tuple[Row, Row | None] | None:
         """Lock the parent of a live child, if the parent is live too; with its ETA stats."""
-        params = {"id": child_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
+        params = _owned(owner, child_id, now)
         row = (await self.conn.execute(_LOCK_PARENT_OF, params)).mappings().first()
         return _split_eta(row) if row else None
 
@@ -246,7 +251,7 @@ class Repository:
 
     async def share_lock_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
         """Share-lock a live job (a parent taking a new child: a cancel cannot miss it)."""
-        params = {"id": job_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
+        params = _owned(owner, job_id, now)
         row = (await self.conn.execute(_SHARE_LOCK_OWNED, params)).mappings().first()
         return dict(row) if row else None
 
