@@ -54,13 +54,17 @@ async def test_five_completions_turn_on_history_etas_four_do_not(client, db):
     assert _eta_seconds(five, "createdAt") == pytest.approx(10, rel=0.1)
     assert five["etaConfidence"] == pytest.approx(0.1)
     assert five["etaBasedOn"] == 5
-    # A terminal job keeps no estimate at all (cancel and fail go the same way).
+    # A terminal job keeps no estimate at all, however it ended.
     done = await complete(client, five["id"])
     assert not {"estimatedCompletionAt", "etaConfidence", "etaBasedOn"} & done.keys()
     cancelled = await create_job(client, workflowId="wf-threshold")
     assert "etaConfidence" in cancelled
     cancelled = (await client.post(f"/jobs/{cancelled['id']}/cancel")).json()
     assert not {"estimatedCompletionAt", "etaConfidence", "etaBasedOn"} & cancelled.keys()
+    failed = await create_job(client, workflowId="wf-threshold")
+    assert "etaConfidence" in failed
+    failed = await fail(client, failed["id"])
+    assert not {"estimatedCompletionAt", "etaConfidence", "etaBasedOn"} & failed.keys()
 
 
 async def test_stats_report_count_average_extremes_and_percentiles(client, db):

@@ -234,9 +234,10 @@ class JobService:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _emit(self, name: str, job: Row) -> None:
+    def _emit(self, name: str, job: Row, payload: Row | None = None) -> None:
+        """Queue an event about ``job`` (its view, unless ``payload`` is given)."""
         self._user_id = job["user_id"]
-        self._events.append((name, job["id"], event_view(job)))
+        self._events.append((name, job["id"], payload or event_view(job)))
 
     def _emit_child_progress(self, parent: Row, child: Row) -> None:
         """``child.progress``: the parent as the child's write left it, keyed by the parent.
@@ -253,8 +254,7 @@ class JobService:
             "status": child["status"],
             "progress": child["progress"],
         }
-        self._user_id = parent["user_id"]
-        self._events.append(("child.progress", parent["id"], payload))
+        self._emit("child.progress", parent, payload)
 
     async def _check_parent(self, cmd: CreateJob) -> Row:
         assert cmd.parentJobId is not None and cmd.childIndex is not None
