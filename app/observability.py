@@ -199,6 +199,9 @@ class ObservabilityMiddleware:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        # Label children by (method, route, status): ``labels()`` builds and locks per call.
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -243,15 +246,27 @@ class ObservabilityMiddleware:
     ) -> None:
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         route = self.routes.of(scope)
-        self.metrics.http_requests.labels(method, route, str(status)).inc()
+        counted = self._counted.get((method, route, status))
+        if counted is None:
+            counted = self.metrics.http_requests.labels(method, route, str(status))
+            self._counted[(method, route, status)] = counted
+        counted.inc()
         if not streaming:
-            self.metrics.http_duration.labels(method, route).observe(seconds)
+            timed = self._timed.get((method, route))
+            if timed is None:
+                timed = self._timed[(method, route)] = self.metrics.http_duration.labels(
+                    method, route
+                )
+            timed.observe(seconds)
+        level = logging.DEBUG if route in _QUIET_ROUTES else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return  # the record would be dropped: do not build it
         client = scope.get("client")
         # The path as sent (still percent-encoded, no query string): no secrets from the
         # query (SSE may carry an API key there) and no control characters in the log.
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")[:512]
         access_log.log(
-            logging.DEBUG if route in _QUIET_ROUTES else logging.INFO,
+            level,
             "%s %s %d",
             method,
             path,

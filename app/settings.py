@@ -48,18 +48,22 @@ class Settings(BaseSettings):
     )
 
     db_pool_size: int = Field(
-        default=10, ge=1, description="Pooled database connections kept per replica."
+        default=20,
+        ge=1,
+        description="Pooled database connections kept per replica (open while in use, then "
+        "kept: sized to the requests in flight at once).",
     )
     db_max_overflow: int = Field(
-        default=10,
+        default=0,
         ge=0,
-        description="Extra connections a replica may open above the pool under load.",
+        description="Extra connections a replica may open above the pool under load; each "
+        "closes on return, so a busy replica keeps reconnecting (0: requests queue instead).",
     )
     db_pool_timeout_seconds: float = Field(
-        default=10.0,
+        default=20.0,
         gt=0,
-        description="How long a request waits for a free connection before it gets 503 with "
-        "Retry-After.",
+        description="How long a request queues for a free connection before it gets 503 "
+        "SERVER_BUSY with Retry-After (SERVICE_UNAVAILABLE during an outage).",
     )
     db_statement_timeout_ms: int = Field(
         default=15000,

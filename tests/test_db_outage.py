@@ -103,6 +103,13 @@ def assert_unavailable(response: httpx.Response) -> None:
     assert response.headers["retry-after"].isdigit(), response.headers
 
 
+def assert_busy(response: httpx.Response) -> None:
+    """A 503 that says the server is busy (not the database down), with a Retry-After."""
+    error = assert_error(response, 503, "SERVER_BUSY")
+    assert "busy" in error["message"], error
+    assert response.headers["retry-after"].isdigit(), response.headers
+
+
 async def _wait_until_2xx(client: httpx.AsyncClient, path: str) -> float:
     """Seconds until ``GET path`` succeeds again; only 503s are acceptable meanwhile."""
     started = time.monotonic()
@@ -219,7 +226,10 @@ async def test_exhausted_pool_times_out_into_503_and_changes_nothing(
     outage_db: str, up: PgCluster, api_key: str, tmp_path: Path
 ) -> None:
     """One pooled connection, held by a write waiting on a row lock that the test holds:
-    other requests wait ``db_pool_timeout_seconds`` and get a 503, then all recovers."""
+    other requests wait ``db_pool_timeout_seconds`` and get a 503, then all recovers.
+
+    The database itself is healthy, so the 503 says the server is busy (``SERVER_BUSY``),
+    not that the database is unavailable."""
     env = {
         "SEENN_DB_POOL_SIZE": "1",
         "SEENN_DB_MAX_OVERFLOW": "0",
@@ -246,7 +256,7 @@ async def test_exhausted_pool_times_out_into_503_and_changes_nothing(
                 _timed(client, "POST", "/jobs", {"jobType": "t", "userId": "u9", "title": "x"}),
             )
             for response, took in waiting:
-                assert_unavailable(response)
+                assert_busy(response)
                 assert took < ANSWER_WITHIN
             assert not blocked.done()
             await tx.rollback()

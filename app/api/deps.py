@@ -6,12 +6,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import orjson
 from fastapi import Request
 from sqlalchemy.exc import DBAPIError
+from starlette.responses import Response
 
 from app.api import idempotency, ratelimit
 from app.api.errors import sqlstate
-from app.db.repository import Owner, Repository
+from app.db.repository import Owner, Repository, Row
 from app.domain.errors import Forbidden, Unauthorized
 from app.domain.keys import KEY_RE, Principal, hash_key
 from app.domain.service import JobService
@@ -131,9 +133,40 @@ async def write(
 ) -> T:
     """Run ``action`` in one transaction (events included), retrying deadlocks; notify after.
 
-    With an ``Idempotency-Key`` the key is claimed first and the response stored before
-    commit, in the same transaction; a retry is answered from the stored response.
+    With an ``Idempotency-Key`` the key is claimed first and the response (``action``'s
+    result as JSON) stored before commit, in the same transaction; a retry is answered
+    from the stored response.
     """
+    result, _ = await _write(request, principal, action, lambda _, value: orjson.dumps(value))
+    return result
+
+
+async def write_job(
+    request: Request, principal: Principal, action: Callable[[JobService], Awaitable[Row]]
+) -> Response:
+    """:func:`write` for the routes that answer with the job the write leaves, with the
+    route's status code. The job view is rendered once: the event carries it, and the
+    idempotency record and the response are the same bytes."""
+    _, body = await _write(request, principal, action, _job_body)
+    return Response(body, status_code=_route_status(request), media_type="application/json")
+
+
+def _job_body(service: JobService, row: Row) -> bytes:
+    return orjson.dumps(service.view(row))
+
+
+def _route_status(request: Request) -> int:
+    status = getattr(request.scope.get("route"), "status_code", None)
+    return status if isinstance(status, int) else 200
+
+
+async def _write(
+    request: Request,
+    principal: Principal,
+    action: Callable[[JobService], Awaitable[T]],
+    render: Callable[[JobService, T], bytes],
+) -> tuple[T, bytes]:
+    """The transaction of :func:`write`; ``render`` makes the body stored and sent."""
     idem = await idempotency.from_request(request)
     for attempt in range(_ATTEMPTS):
         committing = False
@@ -144,8 +177,9 @@ async def write(
                     await idem.claim(conn, service.owner, service.now)
                 result = await action(service)
                 await service.flush_events()
+                body = render(service, result)
                 if idem is not None:
-                    await idem.record(conn, service.owner, *idempotency.rendered(request, result))
+                    await idem.record(conn, service.owner, _route_status(request), body)
                 committing = True
             break
         except DBAPIError as exc:
@@ -154,4 +188,4 @@ async def write(
             if not stale and (sqlstate(exc) not in _RETRYABLE_STATES or attempt == _ATTEMPTS - 1):
                 raise
     request.app.state.notifier.notify(service.touched_streams)
-    return result
+    return result, body

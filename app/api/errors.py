@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,6 +33,7 @@ STATUS_BY_CODE = {
     "PAYLOAD_TOO_LARGE": 413,
     "RATE_LIMITED": 429,
     "SERVICE_UNAVAILABLE": 503,
+    "SERVER_BUSY": 503,
 }
 
 _HTTP_CODES = {
@@ -120,15 +122,48 @@ async def _http(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
+# A pool wait that times out within this long of a failed database call is part of that
+# outage; otherwise every connection was busy with healthy work.
+OUTAGE_MEMORY_SECONDS = 30.0
+_last_outage = -OUTAGE_MEMORY_SECONDS  # time.monotonic() of the last failed database call
+
+
+def _unavailable() -> Response:
+    return error_response(
+        503,
+        "SERVICE_UNAVAILABLE",
+        "The database is unavailable; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _pool_timeout(request: Request, exc: Exception) -> Response:
+    """No pooled connection came free within ``db_pool_timeout_seconds``.
+
+    During an outage the waiters time out behind connections that cannot connect: that is
+    "unavailable". With a healthy database it means every connection was busy: a distinct
+    "busy" 503, so that operators and clients can tell overload from an outage.
+    """
+    if time.monotonic() - _last_outage < OUTAGE_MEMORY_SECONDS:
+        log.warning("database unavailable: no pooled connection came free")
+        return _unavailable()
+    log.warning("server busy: no pooled connection came free in time")
+    return error_response(
+        503,
+        "SERVER_BUSY",
+        "The server is busy: every database connection stayed in use; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    global _last_outage
+    if isinstance(exc, PoolTimeout):
+        return await _pool_timeout(request, exc)
     if is_unavailable(exc):
+        _last_outage = time.monotonic()
         log.warning("database unavailable: %s", exc.__class__.__name__)
-        return error_response(
-            503,
-            "SERVICE_UNAVAILABLE",
-            "The database is unavailable; retry shortly",
-            headers={"Retry-After": "1"},
-        )
+        return _unavailable()
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, "INTERNAL_ERROR", "Internal server error")
 

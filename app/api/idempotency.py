@@ -23,7 +23,6 @@ from starlette.responses import Response
 from app.db.idempotency_repository import IdempotencyRepository, StoredResponse
 from app.db.repository import Owner
 from app.domain.errors import Conflict, ValidationFailed
-from app.domain.views import job_view
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -126,17 +125,6 @@ async def from_request(request: Request) -> IdempotentRequest | None:
     digest = request_hash(request.method, request.url.path, await request.body())
     hours = request.app.state.settings.idempotency_retention_hours
     return IdempotentRequest(key, digest, timedelta(hours=hours))
-
-
-def rendered(request: Request, result: Any) -> tuple[int, bytes]:
-    """The response a write route sends for ``result``: its status and ``job_view`` JSON.
-
-    Every POST route answers ``ORJSONResponse(job_view(result), status_code=<the route's
-    status>)``; ``tests/test_idempotency.py`` checks replays against first responses.
-    """
-    route = request.scope.get("route")
-    status = getattr(route, "status_code", None) or 200
-    return status, orjson.dumps(job_view(result))
 
 
 async def _replay(request: Request, exc: Exception) -> Response:

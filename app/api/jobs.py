@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from app.api.deps import authenticate, authenticate_writer, read, write
+from app.api.deps import authenticate, authenticate_writer, read, write_job
 from app.api.docs import ERRORS, JobListOut, JobOut
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
@@ -48,8 +48,7 @@ def decode_cursor(cursor: str) -> str:
 )
 async def create_job(body: CreateJob, request: Request, principal: Writer) -> Any:
     """Create a plain, parent or child job."""
-    job = await write(request, principal, lambda s: s.create(body))
-    return ORJSONResponse(job_view(job), status_code=201)
+    return await write_job(request, principal, lambda s: s.create(body))
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)

@@ -6,13 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import write
+from app.api.deps import write_job
 from app.api.docs import ERRORS, JobOut
 from app.api.jobs import JobIdPath, Writer
-from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
 from app.domain.commands import CancelJob, CompleteJob, FailJob, UpdateProgress
-from app.domain.views import job_view
 
 router = APIRouter(tags=["jobs"], route_class=OrjsonRoute)
 
@@ -22,9 +20,7 @@ async def update_progress(
     job_id: JobIdPath, body: UpdateProgress, request: Request, principal: Writer
 ) -> Any:
     """Report progress; a pending job becomes running."""
-    return ORJSONResponse(
-        job_view(await write(request, principal, lambda s: s.progress(job_id, body)))
-    )
+    return await write_job(request, principal, lambda s: s.progress(job_id, body))
 
 
 @router.post("/jobs/{job_id}/complete", response_model=JobOut, responses=ERRORS)
@@ -33,15 +29,13 @@ async def complete_job(
 ) -> Any:
     """Mark a job completed (progress 100)."""
     cmd = body or CompleteJob()
-    return ORJSONResponse(
-        job_view(await write(request, principal, lambda s: s.complete(job_id, cmd)))
-    )
+    return await write_job(request, principal, lambda s: s.complete(job_id, cmd))
 
 
 @router.post("/jobs/{job_id}/fail", response_model=JobOut, responses=ERRORS)
 async def fail_job(job_id: JobIdPath, body: FailJob, request: Request, principal: Writer) -> Any:
     """Mark a job failed with an error."""
-    return ORJSONResponse(job_view(await write(request, principal, lambda s: s.fail(job_id, body))))
+    return await write_job(request, principal, lambda s: s.fail(job_id, body))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
@@ -50,6 +44,4 @@ async def cancel_job(
 ) -> Any:
     """Cancel a job; cancelling a parent cancels its unfinished children too."""
     cmd = body or CancelJob()
-    return ORJSONResponse(
-        job_view(await write(request, principal, lambda s: s.cancel(job_id, cmd)))
-    )
+    return await write_job(request, principal, lambda s: s.cancel(job_id, cmd))

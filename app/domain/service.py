@@ -43,7 +43,7 @@ from app.domain.rules import (
     parent_progress,
     parent_status,
 )
-from app.domain.views import counts_of, event_view, now_ms
+from app.domain.views import counts_of, event_payload, job_view, now_ms
 
 TERMINAL_EVENT = {COMPLETED: "job.completed", FAILED: "job.failed", CANCELLED: "job.cancelled"}
 Locked = tuple[Row, Row | None]  # a locked job row and its ETA key's statistics (or None)
@@ -65,6 +65,9 @@ class JobService:
     _user_id: str | None = None
     # (stream_id, last_seq) of each stream this write appended to, for the notifier.
     touched_streams: list[tuple[int, int]] = field(default_factory=list)
+    # The job view of each row this write emitted, by job id: rendered once, shared by the
+    # event, the idempotency record and the response.
+    _views: dict[str, tuple[Row, dict[str, Any]]] = field(default_factory=dict)
 
     # --- reads --------------------------------------------------------------------------
 
@@ -232,12 +235,21 @@ class JobService:
         elif staged:  # every write emits events
             raise RuntimeError("row changes staged without events")
 
+    def view(self, row: Row) -> dict[str, Any]:
+        """``job_view(row)``, rendered once per row this write produced (do not mutate)."""
+        cached = self._views.get(row["id"])
+        if cached is not None and cached[0] is row:
+            return cached[1]
+        rendered = job_view(row)
+        self._views[row["id"]] = (row, rendered)
+        return rendered
+
     # --- internals ----------------------------------------------------------------------
 
     def _emit(self, name: str, job: Row, payload: Row | None = None) -> None:
         """Queue an event about ``job`` (its view, unless ``payload`` is given)."""
         self._user_id = job["user_id"]
-        self._events.append((name, job["id"], payload or event_view(job)))
+        self._events.append((name, job["id"], payload or event_payload(self.view(job), job)))
 
     def _emit_child_progress(self, parent: Row, child: Row) -> None:
         """``child.progress``: the parent as the child's write left it, keyed by the parent.
@@ -246,7 +258,7 @@ class JobService:
         ``parentJobId``) and store the result under its ``jobId``; so both name the
         parent, and the child that moved rides along under ``child``.
         """
-        payload = event_view(parent)
+        payload = event_payload(self.view(parent), parent)
         payload["parentJobId"] = parent["id"]
         payload["child"] = {
             "id": child["id"],

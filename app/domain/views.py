@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from app.domain.rules import ChildCounts
 
 
+@lru_cache(maxsize=4096)
 def iso(value: datetime) -> str:
-    """ISO 8601 in UTC with millisecond precision and a ``Z``."""
+    """ISO 8601 in UTC with millisecond precision and a ``Z``.
+
+    Memoised: one write renders the same few instants (its ``now``, the job's creation and
+    expiry) a dozen times, and a hot job's timestamps recur across requests.
+    """
     # isoformat is C code; in UTC it always ends in "+00:00".
     return value.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
@@ -114,8 +120,12 @@ def child_summary(row: Mapping[str, Any]) -> dict[str, Any]:
 def event_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """A job as the event stream carries it: the REST job plus ``jobId`` (and, for a
     child, ``parentJobId`` at the top level, where the realtime clients look for it)."""
-    out = job_view(row)
-    out["jobId"] = row["id"]
+    return event_payload(job_view(row), row)
+
+
+def event_payload(view: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`event_view` from the row's already rendered :func:`job_view` (a copy)."""
+    out = {**view, "jobId": row["id"]}
     if row.get("parent_job_id"):
         out["parentJobId"] = row["parent_job_id"]
     return out
