@@ -94,7 +94,14 @@ async def sse(request: Request) -> EventSourceResponse:
             start = last_id if resume and last_id is not None else stream.last_seq
             # Subscribe before reading the backlog; the seq filter removes the overlap.
             deadline = time.monotonic() + settings.sse_max_connection_seconds
-            sub = Subscriber(stream.stream_id, start, job_id, settings.sse_client_buffer, deadline)
+            sub = Subscriber(
+                stream.stream_id,
+                start,
+                job_id,
+                settings.sse_client_buffer,
+                deadline,
+                (owner.app_id, owner.mode, user_id),
+            )
             hub.add(sub)
             if hub.shutdown_event.is_set():  # draining already: say goodbye at once
                 sub.stop()

@@ -15,11 +15,6 @@ _STREAM = text(
     "SELECT stream_id, last_seq FROM event_streams "
     "WHERE app_id = :app_id AND mode = :mode AND user_id = :user_id"
 )
-# A stream row with last_seq 0 lets a subscriber wait on a user who has never written.
-_CREATE_STREAM = text(
-    "INSERT INTO event_streams (app_id, mode, user_id, last_seq) "
-    "VALUES (:app_id, :mode, :user_id, 0) ON CONFLICT (app_id, mode, user_id) DO NOTHING"
-)
 _OLDEST = text("SELECT min(seq) FROM events WHERE stream_id = :sid")
 _BACKLOG = text(
     """
@@ -39,6 +34,10 @@ _UNFINISHED = text(
 )
 
 
+# Stream ids are identities from 1: this one names "no stream yet" (the user never wrote).
+NO_STREAM = 0
+
+
 @dataclass(frozen=True)
 class Stream:
     stream_id: int
@@ -46,14 +45,12 @@ class Stream:
 
 
 async def stream_for(conn: AsyncConnection, owner: Owner, user_id: str) -> Stream:
-    """The user's stream (created empty if the user never wrote), committed position."""
+    """The user's stream and its committed position; ``NO_STREAM`` at 0 when the user has
+    never written. Reading writes nothing: a user's first write creates the stream."""
     params = {"app_id": owner.app_id, "mode": owner.mode, "user_id": user_id}
     row = (await conn.execute(_STREAM, params)).first()
     if row is None:
-        await conn.execute(_CREATE_STREAM, params)
-        await conn.commit()
-        row = (await conn.execute(_STREAM, params)).first()
-    assert row is not None
+        return Stream(NO_STREAM, 0)
     return Stream(row[0], row[1])
 
 

@@ -33,6 +33,13 @@ FROM unnest($1::bigint[], $2::bigint[]) AS p(stream_id, pos)
 JOIN events e ON e.stream_id = p.stream_id AND e.seq > p.pos
 ORDER BY e.stream_id, e.seq
 """
+# The streams created since a subscriber found none (its user had never written).
+_FIND_STREAMS = """
+SELECT s.stream_id, s.app_id, s.mode, s.user_id
+FROM unnest($1::text[], $2::text[], $3::text[]) AS k(app_id, mode, user_id)
+JOIN event_streams s USING (app_id, mode, user_id)
+"""
+NO_STREAM = 0  # the group of subscribers whose user has no stream yet
 
 
 def plain_url(url: str) -> str:
@@ -69,6 +76,8 @@ class Subscriber:
     job_id: str | None
     maxsize: int
     deadline: float = math.inf
+    # (app_id, mode, user_id): how a subscriber waiting on NO_STREAM finds its stream.
+    owner_key: tuple[str, str, str] | None = None
     buffer: deque[tuple[int, bytes]] = field(init=False, default_factory=deque)
     overflowed: bool = False
     closing: bool = False
@@ -217,8 +226,11 @@ class Hub:
 
     def _behind(self, part: str) -> bool:
         stream, _, seq = part.partition(":")
-        if not stream.isdigit() or int(stream) not in self.subs:
+        if not stream.isdigit():
             return False
+        if int(stream) not in self.subs:
+            # A stream we do not follow may be the first write of a waiting subscriber's user.
+            return NO_STREAM in self.subs
         # Our own writes arrive twice (directly and via NOTIFY): the echo finds us caught up.
         return not seq.isdigit() or self.pos.get(int(stream), 0) < int(seq)
 
@@ -238,8 +250,32 @@ class Hub:
                 log.warning("event read failed", exc_info=True)
                 await asyncio.sleep(min(self.poll_interval, 1.0))
 
+    async def _find_new_streams(self) -> None:
+        """Move subscribers waiting on NO_STREAM to their user's stream once it exists.
+
+        Such a subscriber has seen nothing, so the stream is read from its start: lowering
+        a followed stream's position re-reads events its other subscribers skip by seq.
+        """
+        waiting = [sub for sub in self.subs.get(NO_STREAM, ()) if sub.owner_key is not None]
+        if not waiting:
+            return
+        keys = list({sub.owner_key for sub in waiting if sub.owner_key is not None})
+        columns = [list(column) for column in zip(*keys, strict=True)]
+        rows = await self.run_own(lambda c: c.fetch(_FIND_STREAMS, *columns, timeout=_OWN_TIMEOUT))
+        found = {(r["app_id"], r["mode"], r["user_id"]): r["stream_id"] for r in rows}
+        for sub in waiting:
+            stream_id = found.get(sub.owner_key)  # type: ignore[arg-type]
+            if stream_id is None:
+                continue
+            self.remove(sub)
+            sub.stream_id = stream_id
+            self.subs.setdefault(stream_id, set()).add(sub)
+            self.pos[stream_id] = 0
+
     async def read_once(self) -> None:
         """One query for every active stream, then fan out in seq order."""
+        if NO_STREAM in self.subs:
+            await self._find_new_streams()
         streams = list(self.subs)
         positions = [self.pos.get(s, 0) for s in streams]
         rows = await self.run_own(
