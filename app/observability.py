@@ -115,7 +115,11 @@ class Metrics:
         return generate_latest(self.registry)
 
     def watch_engine(self, engine: AsyncEngine) -> None:
-        """Read the pool's checked-out count at scrape time and count committed events."""
+        """Read the pool's checked-out count at scrape time and count committed events.
+
+        Events appended by the job service's write statement (run on the driver) are
+        counted by the write itself once committed (``app/api/deps.py``); this hook counts
+        any appended through SQLAlchemy's execute path."""
         self.db_pool_in_use.set_function(lambda: float(_checked_out(engine)))
         _count_committed_event_rows(engine, self.events_written)
 

@@ -187,5 +187,7 @@ async def _write(
             stale = not committing and attempt == 0 and _stale_connection(exc)
             if not stale and (sqlstate(exc) not in _RETRYABLE_STATES or attempt == _ATTEMPTS - 1):
                 raise
+    if service.appended:
+        request.app.state.metrics.events_written.inc(service.appended)
     request.app.state.notifier.notify(service.touched_streams)
     return result, body

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db.driver import Driver
 from app.db.tables import api_keys, eta_stats, jobs
 
 Row = dict[str, Any]
@@ -190,7 +191,7 @@ def _write_statement(shapes: tuple[Shape, ...]) -> TextClause:
     changed = " + ".join(f"(SELECT count(*) FROM c{i})" for i in range(len(shapes)))
     sql = (
         f"WITH {', '.join(ctes)}, {_APPEND_CTES}"
-        f"SELECT s.stream_id, s.last_seq, {changed} FROM s, appended"
+        f"SELECT s.stream_id, s.last_seq, {changed} AS changed FROM s, appended"
     )
     return text(sql).bindparams(*params, *_EVENT_PARAMS)
 
@@ -213,17 +214,21 @@ _CANCEL_CHILDREN = text(
 
 
 class Repository:
-    """Queries over one connection. Callers own the transaction."""
+    """Queries over one connection. Callers own the transaction.
+
+    The statements of every request's path run through :class:`Driver` (asyncpg on the
+    same pooled connection and transaction); the rare ones through SQLAlchemy.
+    """
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
+        self.driver = Driver(conn)
 
     # --- jobs -------------------------------------------------------------------------
 
     async def get_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
         params = _owned(owner, job_id, now)
-        row = (await self.conn.execute(_GET_JOB, params)).mappings().first()
-        return dict(row) if row else None
+        return await self.driver.fetchrow(_GET_JOB, params)
 
     async def lock_plain_job(
         self, owner: Owner, job_id: str, now: datetime
@@ -233,7 +238,7 @@ class Repository:
         Returns ``(job, stats of its ETA key or None)``.
         """
         params = _owned(owner, job_id, now)
-        row = (await self.conn.execute(_LOCK_PLAIN, params)).mappings().first()
+        row = await self.driver.fetchrow(_LOCK_PLAIN, params)
         return _split_eta(row) if row else None
 
     async def lock_parent_of(
@@ -241,24 +246,22 @@ class Repository:
     ) -> tuple[Row, Row | None] | None:
         """Lock the parent of a live child, if the parent is live too; with its ETA stats."""
         params = _owned(owner, child_id, now)
-        row = (await self.conn.execute(_LOCK_PARENT_OF, params)).mappings().first()
+        row = await self.driver.fetchrow(_LOCK_PARENT_OF, params)
         return _split_eta(row) if row else None
 
     async def lock_job(self, job_id: str) -> tuple[Row, Row | None] | None:
         """Lock a job row by id alone (a child whose parent is locked); with its ETA stats."""
-        row = (await self.conn.execute(_LOCK_BY_ID, {"id": job_id})).mappings().first()
+        row = await self.driver.fetchrow(_LOCK_BY_ID, {"id": job_id})
         return _split_eta(row) if row else None
 
     async def share_lock_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
         """Share-lock a live job (a parent taking a new child: a cancel cannot miss it)."""
         params = _owned(owner, job_id, now)
-        row = (await self.conn.execute(_SHARE_LOCK_OWNED, params)).mappings().first()
-        return dict(row) if row else None
+        return await self.driver.fetchrow(_SHARE_LOCK_OWNED, params)
 
     async def cancel_unfinished_children(self, parent_id: str, now: datetime) -> list[Row]:
         """Cancel every unfinished child; rows carry ``old_status``."""
-        result = await self.conn.execute(_CANCEL_CHILDREN, {"parent_id": parent_id, "now": now})
-        return [dict(r) for r in result.mappings()]
+        return await self.driver.fetch(_CANCEL_CHILDREN, {"parent_id": parent_id, "now": now})
 
     async def list_jobs(
         self, owner: Owner, user_id: str, before_id: str | None, limit: int, now: datetime
@@ -273,16 +276,14 @@ class Repository:
         stmt = _LIST_JOBS
         if before_id is not None:
             stmt, params["before_id"] = _LIST_JOBS_BEFORE, before_id
-        return [dict(r) for r in (await self.conn.execute(stmt, params)).mappings()]
+        return await self.driver.fetch(stmt, params)
 
     async def list_children(self, parent_id: str) -> list[Row]:
-        result = await self.conn.execute(_LIST_CHILDREN, {"parent_id": parent_id})
-        return [dict(r) for r in result.mappings()]
+        return await self.driver.fetch(_LIST_CHILDREN, {"parent_id": parent_id})
 
     async def find_child(self, parent_id: str, child_index: int) -> Row | None:
         params = {"parent_id": parent_id, "index": child_index}
-        row = (await self.conn.execute(_FIND_CHILD, params)).mappings().first()
-        return dict(row) if row else None
+        return await self.driver.fetchrow(_FIND_CHILD, params)
 
     # --- events -----------------------------------------------------------------------
 
@@ -299,9 +300,9 @@ class Repository:
         visible in sequence order with no gaps. Returns ``(stream_id, last_seq)``.
         """
         params = _event_params(owner, user_id, items, now)
-        row = (await self.conn.execute(_APPEND_EVENTS, params)).first()
+        row = await self.driver.fetchrow(_APPEND_EVENTS, params)
         assert row is not None, "no events to append"
-        return row[0], row[1]
+        return row["stream_id"], row["last_seq"]
 
     async def write(
         self,
@@ -324,19 +325,18 @@ class Repository:
             shapes.append((change.table, tuple(change.key), tuple(change.values), change.insert))
             params.update((f"c{i}_k_{k}", v) for k, v in change.key.items())
             params.update((f"c{i}_{c}", v) for c, v in change.values.items())
-        row = (await self.conn.execute(_write_statement(tuple(shapes)), params)).first()
+        row = await self.driver.fetchrow(_write_statement(tuple(shapes)), params)
         assert row is not None, "no events to append"
-        if row[2] != len(changes):
+        if row["changed"] != len(changes):
             if any(change.insert for change in changes):
                 raise UniqueViolation("child slot taken")
-            raise RuntimeError(f"changed {row[2]} of {len(changes)} locked rows")
-        return row[0], row[1]
+            raise RuntimeError(f"changed {row['changed']} of {len(changes)} locked rows")
+        return row["stream_id"], row["last_seq"]
 
     # --- keys -------------------------------------------------------------------------
 
     async def find_key(self, key_hash: bytes) -> Row | None:
-        row = (await self.conn.execute(_FIND_KEY, {"key_hash": key_hash})).mappings().first()
-        return dict(row) if row else None
+        return await self.driver.fetchrow(_FIND_KEY, {"key_hash": key_hash})
 
     async def insert_key(self, values: Row) -> None:
         await self.conn.execute(insert(api_keys).values(**values))

@@ -65,6 +65,7 @@ class JobService:
     _user_id: str | None = None
     # (stream_id, last_seq) of each stream this write appended to, for the notifier.
     touched_streams: list[tuple[int, int]] = field(default_factory=list)
+    appended: int = 0  # events this write appended (counted by the caller once committed)
     # The job view of each row this write emitted, by job id: rendered once, shared by the
     # event, the idempotency record and the response.
     _views: dict[str, tuple[Row, dict[str, Any]]] = field(default_factory=dict)
@@ -232,6 +233,7 @@ class JobService:
         if events and self._user_id is not None:
             stream = await self.repo.write(self.owner, self._user_id, staged, events, self.now)
             self.touched_streams.append(stream)
+            self.appended += len(events)
         elif staged:  # every write emits events
             raise RuntimeError("row changes staged without events")
 
