@@ -19,12 +19,14 @@ from starlette.types import ASGIApp
 from app import __version__
 from app.api import children, eta, health, idempotency, jobs, sse, transitions
 from app.api.deps import KeyCache
-from app.api.docs import install_openapi
+from app.api.docs import install_openapi, install_swagger_ui
 from app.api.errors import install_error_handlers
 from app.api.guards import StrictUrlMiddleware
 from app.api.limits import ConnectionLimiter
 from app.api.ratelimit import RateLimitHeadersMiddleware, limiter_from_settings
 from app.api.routing import BodyLimitMiddleware, OrjsonRoute
+from app.dashboard import routes as dashboard
+from app.dashboard.feed import DashboardFeed
 from app.db.engine import create_engine
 from app.maintenance import start_sweeper, stop_sweeper
 from app.observability import Metrics, ObservabilityMiddleware, RouteTemplates
@@ -77,6 +79,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         app.state.realtime = realtime
         app.state.hub = realtime.hub
         app.state.notifier = realtime.notifier
+        app.state.dashboard_feed = DashboardFeed(
+            realtime.hub, settings.sse_poll_interval_seconds, settings.sse_client_buffer
+        )
         app.state.rate_limiter = limiter_from_settings(settings)
         app.state.sse_limiter = ConnectionLimiter(
             settings.sse_max_connections_per_key, settings.sse_max_connections_per_user
@@ -90,6 +95,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             yield
         finally:
             await stop_sweeper(sweeper)
+            await app.state.dashboard_feed.close()
             await stop_realtime(realtime)
             await app.state.engine.dispose()
 
@@ -98,16 +104,21 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         version=__version__,
         description="Self-hosted, Seenn-compatible job progress API.",
         lifespan=lifespan,
+        docs_url=None,  # served from vendored assets: install_swagger_ui
+        redoc_url=None,  # ReDoc would load its script from a CDN
     )
     app.state.metrics = Metrics()
     install_error_handlers(app)
     idempotency.install(app)
     install_openapi(app)
+    install_swagger_ui(app)
     api = APIRouter(prefix="/v1", route_class=OrjsonRoute)
     for module in (jobs, children, transitions, eta, sse):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
+    app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(StrictUrlMiddleware)
     app.add_middleware(RateLimitHeadersMiddleware)

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
         description="How long events are kept for SSE resume; older ids get `job.sync`.",
     )
 
+    dashboard_session_hours: float = Field(
+        default=12.0,
+        gt=0,
+        description="How long a dashboard sign-in lasts before the browser must sign in again.",
+    )
+
     log_level: str = Field(
         default="info",
         description="Least severe level logged: critical, error, warning, info (one access line "

@@ -148,3 +148,14 @@ idempotency_keys = Table(
     Column("created_at", TS, nullable=False),
     Index("ix_idempotency_keys_created_at", "created_at"),
 )
+
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),
+    Column("key_id", String(26), ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=False),
+    Index("ix_dashboard_sessions_expires_at", "expires_at"),
+)

@@ -165,6 +165,8 @@ class Hub:
         # Set by sse-starlette when the server begins shutting down.
         self.shutdown_event = anyio.Event()
         self.read_lag: Any = None  # a Histogram (seconds from write to read), set by the runtime
+        # Told of every wake-up payload, before the per-stream filter (the dashboard's feed).
+        self.observers: list[Callable[[str], None]] = []
 
     def start(self) -> None:
         self._tasks = [
@@ -221,6 +223,8 @@ class Hub:
 
     def wake(self, payload: str = POLL_ALL) -> None:
         """Wake the reader if ``payload`` (``stream:seq,...``, or ``*``) has news for us."""
+        for observe in self.observers:
+            observe(payload)
         if payload == POLL_ALL or any(self._behind(part) for part in payload.split(",")):
             self._wake.set()
 

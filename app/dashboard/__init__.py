@@ -1,0 +1,1 @@
+"""The browser dashboard: server-rendered pages, a cookie session, an app-wide live feed."""
