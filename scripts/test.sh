@@ -3,11 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System tools for the load-balancer and Dockerfile tests (Debian packages).
+# System tools for the load-balancer, Dockerfile and dashboard tests (Debian packages).
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # docker-compose validates docker-compose.yml; --no-install-recommends keeps out docker.io.
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# The dashboard's browser tests drive Debian's Chromium through Playwright (its own browser
+# download is not used).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null) \
     || echo "warning: could not install ${missing[*]}; tests that need them will be skipped" >&2

@@ -80,6 +80,15 @@ def test_wheel_carries_the_migrations_and_imports_from_the_venv(installed) -> No
     names = zipfile.ZipFile(installed.wheel).namelist()
     assert "app/_migrations/alembic.ini" in names and "app/_migrations/env.py" in names
     assert any(n.startswith("app/_migrations/versions/") for n in names)
+    # The dashboard's templates and assets, and the vendored Swagger UI (with its licence).
+    for asset in (
+        "app/dashboard/templates/base.html",
+        "app/dashboard/static/dashboard.js",
+        "app/dashboard/static/dashboard.css",
+        "app/static/swagger-ui/swagger-ui-bundle.js",
+        "app/static/swagger-ui/LICENSE",
+    ):
+        assert asset in names, asset
     assert not any(n.startswith(("tests/", "bench/")) or "__pycache__" in n for n in names)
     where = subprocess.run(
         [installed.bin("python"), "-c", "import app; print(app.__file__)"],

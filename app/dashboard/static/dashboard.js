@@ -98,9 +98,10 @@
     setProgress(root, job.progress);
     setText(root, "stage", stageText(job.stage));
     setText(root, "queue", queueText(job.queue));
+    var message = job.message || (job.error ? job.error.code + ": " + job.error.message : "");
     field(root, "message").forEach(function (el) {
-      el.textContent = job.message || "—";
-      el.title = job.message || "";
+      el.textContent = message || "—";
+      el.title = message;
     });
     var eta = TERMINAL[job.status] ? null : job.estimatedCompletionAt;
     field(root, "eta").forEach(function (el) { setTime(el, eta); });
