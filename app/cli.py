@@ -47,8 +47,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     os.environ["SEENN_DATABASE_URL"] = url
     get_settings.cache_clear()
     # Returns after a graceful shutdown on SIGTERM/SIGINT (see app.main.DrainingServer).
-    serve(settings, url, args.host or settings.host, args.port or settings.port)
-    return 0
+    host, port = args.host or settings.host, args.port or settings.port
+    return serve(settings, url, host, port, args.workers)
 
 
 async def _with_repo(url: str, action: Any) -> Any:
@@ -179,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument(
         "--migrate", action="store_true", help="apply migrations first (always done when embedded)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (one per core); each has its own pool, "
+        "LISTEN connection and per-process limits",
     )
     serve.set_defaults(func=cmd_serve)
 

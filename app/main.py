@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
@@ -159,12 +160,66 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(settings: Settings, database_url: str, host: str, port: int) -> None:
-    """Run the HTTP server until SIGTERM or SIGINT, drain, and return (exit status 0).
+def serve(settings: Settings, database_url: str, host: str, port: int, workers: int = 1) -> int:
+    """Run the HTTP server until SIGTERM or SIGINT, drain, and return its exit status.
 
-    Configure logging first (``app.observability.configure_logging``): uvicorn's loggers
-    are left to that configuration.
+    With ``workers`` > 1 the port is bound here and that many forked processes serve it
+    (the kernel spreads connections over them); SIGTERM/SIGINT are passed on to each, and
+    each drains as a single server does. Configure logging first
+    (``app.observability.configure_logging``): uvicorn's loggers are left to that
+    configuration.
     """
+    if workers <= 1:
+        _serve_one(settings, database_url, host, port, None)
+        return 0
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    children = [_fork_worker(settings, database_url, host, port, sock) for _ in range(workers)]
+    sock.close()
+    log.info("serving on %s:%d with %d worker processes %s", host, port, workers, children)
+
+    def forward(sig: int, _frame: object) -> None:
+        for pid in children:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    status = 0
+    try:
+        for pid in children:
+            _, wait_status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(wait_status) != 0:
+                status = 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("all workers stopped")
+    return status
+
+
+def _fork_worker(
+    settings: Settings, database_url: str, host: str, port: int, sock: socket.socket
+) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        _serve_one(settings, database_url, host, port, sock)
+    except BaseException:
+        log.exception("worker failed")
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)  # never run the parent's exit handlers (an embedded database's stop)
+
+
+def _serve_one(
+    settings: Settings, database_url: str, host: str, port: int, sock: socket.socket | None
+) -> None:
     app = create_app(settings, database_url)
     config = uvicorn.Config(
         app,
@@ -181,7 +236,9 @@ def serve(settings: Settings, database_url: str, host: str, port: int) -> None:
     # Streams must go on during the shutdown delay: the server ends them itself.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     with _signals_end_cleanly():
-        DrainingServer(config, app, settings.shutdown_delay_seconds).run()
+        DrainingServer(config, app, settings.shutdown_delay_seconds).run(
+            sockets=[sock] if sock is not None else None
+        )
     log.info("server stopped")
 
 

@@ -109,9 +109,13 @@ class ServerProcess:
 
 
 def start_server(
-    database_url: str, log_dir: Path, env: dict[str, str] | None = None, port: int | None = None
+    database_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    args: tuple[str, ...] = (),
 ) -> ServerProcess:
-    """Start a server process and wait until it answers HTTP."""
+    """Start a server process (``serve`` with ``args``) and wait until it answers HTTP."""
     port = port or free_port()
     full_env = {
         **os.environ,
@@ -124,7 +128,10 @@ def start_server(
     log_path = log_dir / f"server-{port}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "app.cli", "serve"),
+            *("--host", "127.0.0.1", "--port", str(port), *args),
+        ],
         cwd=ROOT,
         env=full_env,
         stdout=log_file,
