@@ -106,8 +106,14 @@ async def test_sign_in_then_a_new_job_appears_and_its_bar_moves_without_reload(
         await expect(line.locator('[data-f="queue"]')).to_have_text("#3 of 9", timeout=LIVE)
         await expect(line.locator('[data-f="message"]')).to_have_text("Encoding frames")
 
-        await report_progress(client, job["id"], 81)
+        # No layout jump: a long message and a new stage leave the row and its bar in place.
+        before = (await line.bounding_box(), await line.locator("progress").bounding_box())
+        long = "Encoding frames " * 20
+        stage = {"name": "a-much-longer-stage-name", "current": 3, "total": 4}
+        await report_progress(client, job["id"], 81, message=long.strip(), stage=stage)
         await expect(line.locator("progress")).to_have_js_property("value", 81, timeout=LIVE)
+        after = (await line.bounding_box(), await line.locator("progress").bounding_box())
+        assert after == before
         await complete(client, job["id"])
         await expect(line.locator('[data-f="status"]')).to_have_text("completed", timeout=LIVE)
         await expect(line.locator("progress")).to_have_js_property("value", 100, timeout=LIVE)
@@ -365,6 +371,9 @@ async def test_screenshots_of_the_jobs_page_and_a_parent(
         try:
             await page.goto(f"{server.url}{path}")
             await live(page)
+            if name == "jobs-phone":  # readable on a phone: nothing wider than the screen
+                width = await page.evaluate("document.documentElement.scrollWidth")
+                assert width <= 390
             shots[name] = tmp_path / f"{name}.png"
             await page.screenshot(path=str(shots[name]), full_page=name == "parent")
         finally:

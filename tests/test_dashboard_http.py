@@ -8,6 +8,7 @@ from contextlib import aclosing
 import httpx
 
 from tests.conftest import AppKeys
+from tests.harness import running_server
 from tests.helpers import assert_error, create_job
 
 
@@ -113,3 +114,18 @@ async def test_docs_load_swagger_ui_from_this_server(server) -> None:
         licence = await c.get("/static/swagger-ui/LICENSE")
         assert "Apache License" in licence.text
         assert (await c.get("/redoc")).status_code == 404
+
+
+async def test_signing_out_ends_the_sessions_open_live_feed(
+    database_url: str, workdir, keys: AppKeys
+) -> None:
+    """The feed re-reads its session every heartbeat period, and says goodbye once it is gone."""
+    env = {"SEENN_SSE_HEARTBEAT_SECONDS": "0.2"}
+    with running_server(database_url, workdir / "logs-feed", env=env) as server:
+        c, token = await _signed_in(server, keys.secret)
+        async with aclosing(c), c.stream("GET", "/dashboard/events") as stream:
+            lines = stream.aiter_lines()
+            assert await anext(lines) == "event: connected"
+            assert (await c.post("/dashboard/logout", data={"csrf": token})).status_code == 303
+            rest = [line async for line in lines]  # ends: the server closes the stream
+        assert "event: session.ended" in rest

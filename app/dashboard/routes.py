@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
@@ -440,19 +439,25 @@ async def events(request: Request) -> Response:
     deadline = time.monotonic() + settings.sse_max_connection_seconds
 
     async def stream() -> AsyncIterator[bytes]:
+        beat = settings.sse_heartbeat_seconds
+        checked = time.monotonic()
         try:
             yield b"".join(first)
             while time.monotonic() < deadline:
-                items = await watcher.get(settings.sse_heartbeat_seconds)
-                if items is None:  # quiet: check the session is still alive, then beat
+                items = await watcher.get(beat)
+                if items is not None and not items:
+                    return  # fell too far behind: the browser reconnects and resyncs
+                if items:
+                    yield b"".join(items)
+                # At least once a heartbeat period, the session must still be alive: a
+                # sign-out elsewhere, its expiry or a revoked key ends the stream.
+                if time.monotonic() - checked >= beat:
+                    checked = time.monotonic()
                     if not await _still_signed_in(request, token):
                         yield encode(None, "session.ended", "{}")
                         return
+                if items is None:
                     yield b": heartbeat\n\n"
-                elif not items:
-                    return  # fell too far behind: the browser reconnects and resyncs
-                else:
-                    yield b"".join(items)
         finally:
             feed.unsubscribe(owner, watcher)
 
@@ -469,6 +474,6 @@ async def _still_signed_in(request: Request, token: str | None) -> bool:
     with contextlib.suppress(AttributeError):
         del request.state.dashboard_session  # read it afresh
     try:
-        return await asyncio.shield(auth.current_session(request)) is not None and bool(token)
+        return bool(token) and await auth.current_session(request) is not None
     except Exception:  # a database blip is not a sign-out
         return True
