@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         description="How long a request queues for a free connection before it gets 503 "
         "SERVER_BUSY with Retry-After (SERVICE_UNAVAILABLE during an outage).",
     )
+    db_prepared_statements: bool = Field(
+        default=True,
+        description="Keep statements prepared on the server's sessions; false behind a "
+        "transaction-mode pooler without prepared statement support (PgBouncer before 1.21).",
+    )
     db_statement_timeout_ms: int = Field(
         default=15000,
         ge=0,

@@ -85,6 +85,16 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
     cost three round trips per request.
     """
     server_settings = {"application_name": "seenn-server"}
+    prepared: dict[str, object] = {"prepared_statement_cache_size": 256}
+    if not settings.db_prepared_statements:
+        # Behind a transaction-mode pooler, consecutive statements of one session may run
+        # on different server connections: use only the unnamed statement, which asyncpg
+        # parses and executes in one exchange.
+        prepared = {
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: "",
+        }
     if settings.db_statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
     engine = create_async_engine(
@@ -102,7 +112,7 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
             "server_settings": server_settings,
             "timeout": CONNECT_TIMEOUT_SECONDS,
             "command_timeout": command_timeout(settings),
-            "prepared_statement_cache_size": 256,
+            **prepared,
         },
     )
     event.listen(engine.sync_engine, "handle_error", _invalidate_dead)
