@@ -9,6 +9,7 @@ Set SEENN_UPDATE_SCREENSHOTS=1 to refresh docs/screenshots/ from this run.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -121,6 +122,37 @@ async def test_sign_in_then_a_new_job_appears_and_its_bar_moves_without_reload(
         updated = line.locator('time[data-f="updatedAt"]')
         assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", await updated.get_attribute("title"))
         await assert_not_reloaded(page)
+    finally:
+        await context.close()
+
+
+async def test_a_job_created_before_the_stream_opens_still_appears(
+    browser, server, keys: AppKeys, client: httpx.AsyncClient
+) -> None:
+    """The page is rendered, then its stream opens: a job created in between is not lost."""
+    await create_job(client, title="Already there")
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await page.goto(f"{server.url}/dashboard/login")
+        await page.fill("input[name=apiKey]", keys.secret)
+        asked, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(route) -> None:
+            asked.set()
+            await release.wait()
+            await route.continue_()
+
+        await page.route("**/dashboard/events*", hold)
+        await page.click("button[type=submit]")
+        await page.wait_for_url(f"{server.url}/dashboard")
+        await expect(page.locator("#job-rows tr")).to_have_count(1)
+        await asked.wait()  # the page has asked for its stream, which is held back
+        gap = await create_job(client, title="Created in between")
+        release.set()
+        await expect(row(page, gap["id"])).to_be_visible(timeout=LIVE)
+        ids = await page.locator("#job-rows tr").evaluate_all("rs => rs.map(r => r.dataset.jobId)")
+        assert ids[0] == gap["id"] and len(ids) == 2
     finally:
         await context.close()
 

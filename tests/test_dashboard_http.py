@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import httpx
@@ -129,3 +130,55 @@ async def test_signing_out_ends_the_sessions_open_live_feed(
             assert (await c.post("/dashboard/logout", data={"csrf": token})).status_code == 303
             rest = [line async for line in lines]  # ends: the server closes the stream
         assert "event: session.ended" in rest
+
+
+async def _events(lines: AsyncIterator[str], until: str) -> list[tuple[str, str]]:
+    """(event, data) pairs read from a stream's ``lines`` up to the first whose data holds
+    ``until``."""
+    seen: list[tuple[str, str]] = []
+    name = ""
+    async for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            seen.append((name, line[6:]))
+            if until in line:
+                return seen
+    raise AssertionError(f"the stream ended before {until}: {seen}")
+
+
+async def test_the_feed_first_sends_jobs_newer_than_the_pages_newest(
+    server, keys: AppKeys, client: httpx.AsyncClient
+) -> None:
+    shown = await create_job(client, title="On the page")
+    newer = [await create_job(client, title=f"Newer {i}") for i in range(2)]
+    child_parent = await create_job(client, title="Parent", totalChildren=1)
+    c, _token = await _signed_in(server, keys.public)
+    params = {"after": shown["id"]}
+    async with aclosing(c), c.stream("GET", "/dashboard/events", params=params) as stream:
+        seen = await _events(stream.aiter_lines(), child_parent["id"])
+    synced = [data for name, data in seen if name == "job.sync"]
+    ids = [next(j["id"] for j in [*newer, child_parent] if j["id"] in d) for d in synced]
+    assert ids == [newer[0]["id"], newer[1]["id"], child_parent["id"]]  # oldest first
+    assert not any(shown["id"] in data for _, data in seen)
+
+
+async def test_a_session_works_on_every_replica_and_the_feed_hears_other_replicas(
+    server, database_url: str, workdir, keys: AppKeys, client: httpx.AsyncClient
+) -> None:
+    """Signed in on one replica, live on another: a job written through the first reaches
+    the second's dashboard feed (NOTIFY wakes its hub)."""
+    c, _token = await _signed_in(server, keys.secret)
+    cookie = {"seenn_dashboard": c.cookies["seenn_dashboard"]}
+    await c.aclose()
+    with running_server(database_url, workdir / "logs-replica") as other:
+        async with (
+            httpx.AsyncClient(base_url=other.url, cookies=cookie, timeout=30) as there,
+            there.stream("GET", "/dashboard/events") as stream,
+        ):
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            assert await anext(lines) == "event: connected"
+            job = await create_job(client, title="Written on the first replica")
+            seen = await _events(lines, job["id"])
+    assert seen[-1][0] == "job.started"

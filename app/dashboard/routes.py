@@ -416,12 +416,20 @@ def _json(value: object) -> str:
 
 @router.get("/dashboard/events")
 async def events(request: Request) -> Response:
-    """The app's job events for this session; ``watch`` lists job ids to resend first."""
+    """The app's job events for this session.
+
+    First comes ``job.sync`` of each job in ``watch`` (the ids a page shows) and of each
+    top-level job newer than ``after``; then every event of the app and mode, live.
+    """
     session = await auth.current_session(request)
     if session is None:
         raise Unauthorized("Sign in to the dashboard first")
     owner = _owner(session)
     watch = [i for i in request.query_params.get("watch", "").split(",") if ULID_RE.match(i)]
+    # The newest job the page shows: jobs created since (before this stream, or while it
+    # was reconnecting) are sent too, so the list misses none.
+    after = request.query_params.get("after") or None
+    after = after if after is not None and ULID_RE.match(after) else None
     state = request.app.state
     feed: DashboardFeed = state.dashboard_feed
     settings = state.settings
@@ -429,7 +437,14 @@ async def events(request: Request) -> Response:
     try:
         async with state.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            rows = await DashboardRepository(conn).jobs_by_ids(owner, watch[:WATCH_LIMIT], now_ms())
+            repo = DashboardRepository(conn)
+            rows = await repo.jobs_by_ids(owner, watch[:WATCH_LIMIT], now_ms())
+            if after is not None:
+                newer = await repo.list_jobs(
+                    owner, JobFilter(), None, PAGE_SIZE, now_ms(), after_id=after
+                )
+                seen = {r["id"] for r in rows}
+                rows += [r for r in reversed(newer) if r["id"] not in seen]  # oldest first
     except BaseException:
         feed.unsubscribe(owner, watcher)
         raise

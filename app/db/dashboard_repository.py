@@ -30,6 +30,7 @@ _LIST_JOBS = """
       AND (CAST(:job_type AS varchar) IS NULL OR job_type = :job_type)
       AND (CAST(:status AS varchar) IS NULL OR status = :status)
       AND (CAST(:before_id AS varchar) IS NULL OR id < :before_id)
+      AND (CAST(:after_id AS varchar) IS NULL OR id > :after_id)
     ORDER BY id DESC LIMIT :limit
 """
 _JOBS_BY_IDS = text(
@@ -129,8 +130,15 @@ class DashboardRepository:
     # --- jobs and events --------------------------------------------------------------
 
     async def list_jobs(
-        self, owner: Owner, where: JobFilter, before_id: str | None, limit: int, now: datetime
+        self,
+        owner: Owner,
+        where: JobFilter,
+        before_id: str | None,
+        limit: int,
+        now: datetime,
+        after_id: str | None = None,
     ) -> list[Row]:
+        """Top-level jobs, newest first, older than ``before_id`` / newer than ``after_id``."""
         params = {
             "app_id": owner.app_id,
             "mode": owner.mode,
@@ -139,6 +147,7 @@ class DashboardRepository:
             "job_type": where.job_type,
             "status": where.status,
             "before_id": before_id,
+            "after_id": after_id,
             "limit": limit,
         }
         return [dict(r) for r in (await self.conn.execute(text(_LIST_JOBS), params)).mappings()]

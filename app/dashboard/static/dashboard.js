@@ -132,9 +132,16 @@
       (!d.filterStatus || d.filterStatus === job.status);
   }
 
+  function newestShown() {
+    var first = document.querySelector("#job-rows tr[data-job-id]");
+    return first ? first.dataset.jobId : "";
+  }
+
   function onJobsEvent(name, job) {
     var row = rowFor(job.jobId);
-    if (!row && name === "job.started" && body.dataset.insert === "on" && matchesFilters(job)) {
+    // A new job: created now, or (job.sync) since the page or the last stream was opened.
+    var isNew = name === "job.started" || (name === "job.sync" && job.jobId > newestShown());
+    if (!row && isNew && body.dataset.insert === "on" && matchesFilters(job)) {
       row = fromTemplate("job-row");
       row.dataset.jobId = job.jobId;
       document.getElementById("job-rows").prepend(row);
@@ -240,6 +247,9 @@
 
   function connect() {
     var url = "/dashboard/events?watch=" + encodeURIComponent(watchList().join(","));
+    if (page === "jobs" && body.dataset.insert === "on") {
+      url += "&after=" + encodeURIComponent(newestShown() || "00000000000000000000000000");
+    }
     source = new EventSource(url);
     source.addEventListener("connected", function () {
       retry = 1000;
