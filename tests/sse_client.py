@@ -63,19 +63,23 @@ class SseStream:
     async def next(
         self, wait: float = 10, skip: tuple[str, ...] = ("heartbeat",)
     ) -> Message | None:
-        """The next message not in ``skip``; None once the server closed the stream."""
-        while True:
-            m = await asyncio.wait_for(self.messages.get(), wait)
-            if m is None or m.event not in skip:
-                return m
+        """The next message not in ``skip`` within ``wait`` seconds in all (skipped messages
+        do not restart the wait); None once the server closed the stream."""
+        async with asyncio.timeout(wait):
+            while True:
+                m = await self.messages.get()
+                if m is None or m.event not in skip:
+                    return m
 
-    async def take(self, n: int, wait: float = 10) -> list[Message]:
-        """The next ``n`` log events (job.sync, connected and heartbeats skipped)."""
+    async def take(self, n: int, wait: float = 30) -> list[Message]:
+        """The next ``n`` log events (job.sync, connected and heartbeats skipped), all within
+        ``wait`` seconds."""
         out: list[Message] = []
-        while len(out) < n:
-            m = await self.next(wait, skip=("heartbeat", "connected", "job.sync"))
-            assert m is not None, f"stream closed after {out}"
-            out.append(m)
+        async with asyncio.timeout(wait):
+            while len(out) < n:
+                m = await self.next(wait, skip=("heartbeat", "connected", "job.sync"))
+                assert m is not None, f"stream closed after {out}"
+                out.append(m)
         return out
 
 
