@@ -13,7 +13,7 @@ import httpx
 import orjson
 
 from app.api.idempotency import request_hash
-from tests.conftest import AppKeys
+from tests.conftest import AppKeys, make_app
 from tests.harness import ServerProcess
 from tests.helpers import assert_error, create_job, create_parent
 
@@ -154,6 +154,34 @@ async def test_keys_are_scoped_per_app_and_mode(
     assert test_mode.status_code == live_mode.status_code == 201
     assert "Idempotent-Replayed" not in live_mode.headers
     assert live_mode.json()["id"] != test_mode.json()["id"]
+
+
+async def test_another_app_using_the_same_key_gets_its_own_write_not_a_replay(
+    server: ServerProcess, client: httpx.AsyncClient, keys: AppKeys, database_url: str
+) -> None:
+    """Keys are scoped per app: app B sending app A's key (same body) runs its own write."""
+    key = new_key()
+    mine = await post(client, "/jobs", BODY, key)
+    assert mine.status_code == 201, mine.text
+    other = await make_app(database_url)
+    async with httpx.AsyncClient(
+        base_url=f"{server.url}/v1", headers=other.auth(), timeout=30
+    ) as other_client:
+        theirs = await post(other_client, "/jobs", BODY, key)
+        assert theirs.status_code == 201, theirs.text
+        assert "Idempotent-Replayed" not in theirs.headers
+        assert theirs.json()["id"] != mine.json()["id"]
+        # Each app reads its own job only; the other app's stays invisible to it.
+        assert (await other_client.get(f"/jobs/{theirs.json()['id']}")).status_code == 200
+        assert (await other_client.get(f"/jobs/{mine.json()['id']}")).status_code == 404
+        # A different body under the same key is not a reuse across apps either.
+        second = await post(other_client, "/jobs", {**BODY, "title": "B"}, new_key())
+        assert second.status_code == 201
+        reuse = await post(other_client, "/jobs", {**BODY, "title": "Other"}, key)
+        assert_error(reuse, 409, "IDEMPOTENCY_KEY_REUSED")  # B's own first use binds it
+    retry = await post(client, "/jobs", BODY, key)
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.content == mine.content
 
 
 async def test_concurrent_identical_requests_with_one_key_execute_once(
