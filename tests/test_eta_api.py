@@ -257,3 +257,28 @@ async def test_parents_get_an_eta_and_feed_their_own_key(client, db):
     assert finished["status"] == "completed" and "estimatedCompletionAt" not in finished
     assert (await stats_of(client, "batch")).json()["count"] == 1
     assert (await stats_of(client, "image")).json()["count"] == 2
+
+
+@pytest.mark.parametrize("last", ["complete", "fail", "cancel"])
+async def test_a_parent_finished_by_its_last_child_keeps_no_eta(client, db, last):
+    key = f"wf-parent-eta-{last}"
+    for _ in range(5):  # history for the key: estimates now carry a confidence
+        await run_job(client, db, 10, workflowId=key)
+    parent = await create_parent(client, 2, workflowId=key)
+    assert {"estimatedCompletionAt", "etaConfidence", "etaBasedOn"} <= parent.keys()
+    first = await create_child(client, parent, 0)
+    second = await create_child(client, parent, 1)
+    await set_progress(client, first["id"], 50)
+    running = (await client.get(f"/jobs/{parent['id']}")).json()
+    assert running["status"] == "running" and "etaConfidence" in running
+    await complete(client, first["id"])
+    if last == "complete":
+        await complete(client, second["id"])
+    elif last == "fail":
+        await fail(client, second["id"])
+    else:
+        assert (await client.post(f"/jobs/{second['id']}/cancel")).status_code == 200
+    finished = (await client.get(f"/jobs/{parent['id']}")).json()
+    assert finished["status"] == "completed"
+    assert finished["progress"] == (100 if last == "complete" else 50)
+    assert not {"estimatedCompletionAt", "etaConfidence", "etaBasedOn"} & finished.keys()
