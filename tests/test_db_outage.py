@@ -122,6 +122,14 @@ async def _wait_until_2xx(client: httpx.AsyncClient, path: str) -> float:
         await asyncio.sleep(0.1)
 
 
+def _cancels(postgres_log: str) -> dict[str, int]:
+    """How many statements PostgreSQL's log says were cancelled, by cause."""
+    return {
+        cause: postgres_log.count(f"canceling statement due to {cause}")
+        for cause in ("statement timeout", "user request")
+    }
+
+
 async def _wait_for_lock_waiter(holder: asyncpg.Connection) -> None:
     """Wait until a server backend is blocked on a lock the test holds."""
     deadline = time.monotonic() + ANSWER_WITHIN
@@ -229,11 +237,18 @@ async def test_exhausted_pool_times_out_into_503_and_changes_nothing(
     other requests wait ``db_pool_timeout_seconds`` and get a 503, then all recovers.
 
     The database itself is healthy, so the 503 says the server is busy (``SERVER_BUSY``),
-    not that the database is unavailable."""
+    not that the database is unavailable.
+
+    The configured pool timeout (0.5 s) is told from any other by the statement timeout
+    (8 s), not by a clock: the waiting requests must get their 503s while the lock waiter
+    still holds the connection. A pool timeout longer than 8 s (the 10 s default, say)
+    would let the statement timeout free the connection first, and they would succeed.
+    """
     env = {
         "SEENN_DB_POOL_SIZE": "1",
         "SEENN_DB_MAX_OVERFLOW": "0",
         "SEENN_DB_POOL_TIMEOUT_SECONDS": "0.5",
+        "SEENN_DB_STATEMENT_TIMEOUT_MS": "8000",
     }
     with running_server(outage_db, tmp_path / "logs", env=env) as server:
         async with await _client(server, api_key) as client:
@@ -273,8 +288,20 @@ async def test_statement_timeout_answers_503_and_rolls_back(
     outage_db: str, up: PgCluster, api_key: str, tmp_path: Path
 ) -> None:
     """A write stuck behind a lock longer than ``db_statement_timeout_ms`` is cancelled by
-    PostgreSQL: 503 with Retry-After, nothing written, the connection reused."""
-    env = {"SEENN_DB_STATEMENT_TIMEOUT_MS": "700"}
+    PostgreSQL: 503 with Retry-After, nothing written, the connection reused.
+
+    The configured statement timeout (2 s) is told from any other by the pool timeout
+    (12 s), not by a clock: with one pooled connection, a read sent while the write waits on
+    the lock gets the connection once the write is cancelled, so it succeeds only if the
+    statement timeout is the shorter one (the 15 s default would make it a 503).
+    PostgreSQL is the one that cancels, as its log shows.
+    """
+    env = {
+        "SEENN_DB_STATEMENT_TIMEOUT_MS": "2000",
+        "SEENN_DB_POOL_SIZE": "1",
+        "SEENN_DB_MAX_OVERFLOW": "0",
+        "SEENN_DB_POOL_TIMEOUT_SECONDS": "12",
+    }
     with running_server(outage_db, tmp_path / "logs", env=env) as server:
         async with await _client(server, api_key) as client:
             parent = await create_parent(client, 2)
@@ -283,9 +310,20 @@ async def test_statement_timeout_answers_503_and_rolls_back(
             tx = holder.transaction()
             await tx.start()
             await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", parent["id"])
-            response, took = await _timed(client, "POST", f"/jobs/{child['id']}/complete", {})
+            cancelled_before = _cancels(up.log())
+            stuck = asyncio.create_task(_timed(client, "POST", f"/jobs/{child['id']}/complete", {}))
+            await _wait_for_lock_waiter(holder)  # it holds the only pooled connection
+            read = await client.get(f"/jobs/{child['id']}")
+            assert read.status_code == 200, read.text  # the connection came free first
+            response, took = await stuck
             assert_unavailable(response)
             assert took < ANSWER_WITHIN
+            # PostgreSQL cancelled it, not the client-side command timeout (statement
+            # timeout + 2 s, which cancels "due to user request"). A backend logs an error
+            # before it sends it to the client, so the line is in the log by now.
+            cancels = _cancels(up.log())
+            assert cancels["statement timeout"] == cancelled_before["statement timeout"] + 1
+            assert cancels["user request"] == cancelled_before["user request"]
             await tx.rollback()
             await holder.close()
             assert (await client.get(f"/jobs/{child['id']}")).json()["status"] == "pending"
