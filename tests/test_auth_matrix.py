@@ -77,8 +77,37 @@ OPERATIONS: dict[tuple[str, str], Callable[[World], Request]] = {
     ("GET", "/v1/eta/{eta_key}"): lambda w: ("GET", f"/eta/{w.eta_key}", None),
     ("DELETE", "/v1/eta/{eta_key}"): lambda w: ("DELETE", f"/eta/{w.eta_key}", None),
     ("GET", "/v1/sse"): lambda w: ("GET", f"/sse?userId={USER}", None),
+    ("POST", "/v1/devices/live-activity"): lambda w: (
+        "POST",
+        "/devices/live-activity",
+        {"userId": USER, "deviceId": "d1", "jobId": w.job["id"], "token": "ab" * 32},
+    ),
+    ("DELETE", "/v1/devices/live-activity"): lambda w: (
+        "DELETE",
+        "/devices/live-activity",
+        {"userId": USER, "deviceId": "d1", "jobId": w.job["id"]},
+    ),
+    ("POST", "/v1/devices"): lambda w: (
+        "POST",
+        "/devices",
+        {"userId": USER, "deviceId": "d1", "platform": "ios", "token": "cd" * 32},
+    ),
+    ("DELETE", "/v1/devices"): lambda w: (
+        "DELETE",
+        "/devices",
+        {"userId": USER, "deviceId": "d1"},
+    ),
+    ("GET", "/v1/jobs/{job_id}/pushes"): lambda w: ("GET", f"/jobs/{w.job['id']}/pushes", None),
 }
 STREAMING = {("GET", "/v1/sse")}  # opened only with credentials that must fail
+# The apps register their own push tokens with their public key.
+PUBLIC_WRITES = {
+    ("POST", "/v1/devices/live-activity"),
+    ("DELETE", "/v1/devices/live-activity"),
+    ("POST", "/v1/devices"),
+    ("DELETE", "/v1/devices"),
+}
+SECRET_READS = {("GET", "/v1/jobs/{job_id}/pushes")}  # push debugging: secret keys only
 
 
 @pytest.fixture
@@ -95,6 +124,13 @@ async def world(client: httpx.AsyncClient, keys: AppKeys) -> World:
     done = await create_job(client, userId=USER, jobType=JOB_TYPE)
     await complete(client, done["id"])
     assert (await client.get(f"/eta/{JOB_TYPE}")).status_code == 200
+    # A's own registrations, which no foreign key may change or remove.
+    for path, body in (
+        ("/devices/live-activity", OPERATIONS[("POST", "/v1/devices/live-activity")]),
+        ("/devices", OPERATIONS[("POST", "/v1/devices")]),
+    ):
+        request = body(World(keys, job, parent, JOB_TYPE))[2]
+        assert (await client.post(path, json=request)).status_code == 201
     return World(keys, job, parent, JOB_TYPE)
 
 
@@ -140,7 +176,19 @@ async def a_state(db: asyncpg.Connection, world: World) -> tuple[Any, ...]:
     eta = await db.fetch(
         "SELECT eta_key, count FROM eta_stats WHERE app_id = $1", world.keys.app_id
     )
-    return tuple(jobs), tuple(eta)
+    return tuple(jobs), tuple(eta), await device_state(db, world)
+
+
+async def device_state(db: asyncpg.Connection, world: World) -> tuple[Any, ...]:
+    """App A's push tokens (a public key of A may change these; nobody else may)."""
+    live = await db.fetch(
+        "SELECT * FROM live_activity_tokens WHERE app_id = $1 ORDER BY device_id",
+        world.keys.app_id,
+    )
+    devices = await db.fetch(
+        "SELECT * FROM device_tokens WHERE app_id = $1 ORDER BY device_id", world.keys.app_id
+    )
+    return tuple(live), tuple(devices)
 
 
 def test_every_documented_operation_is_in_the_matrix(operations: list[tuple[str, str]]) -> None:
@@ -196,19 +244,22 @@ async def test_a_public_key_reads_but_gets_403_on_every_write(
     db: asyncpg.Connection,
 ) -> None:
     headers = world.keys.auth(world.keys.public)
-    before = await a_state(db, world)
+    before = (await a_state(db, world))[:2]
     errors: list[str] = []
     for op in operations:
         if op in STREAMING:
             continue
         response = await call(anon, world, op, headers)
-        if op[0] == "GET":
+        if op in PUBLIC_WRITES:
+            if response.status_code not in (200, 201):
+                errors.append(f"{op}: a public key should register, got {response.text[:200]}")
+        elif op[0] == "GET" and op not in SECRET_READS:
             if response.status_code != 200:
                 errors.append(f"{op}: a public key should read, got {response.status_code}")
         else:
             expect(response, 403, "FORBIDDEN", str(op), errors)
     assert not errors, "\n".join(errors)
-    assert await a_state(db, world) == before
+    assert (await a_state(db, world))[:2] == before
 
 
 @pytest.mark.parametrize("intruder", ["another app", "another mode", "another app's public"])
@@ -233,9 +284,21 @@ async def test_keys_of_another_app_or_mode_see_and_change_nothing(
     for op in operations:
         if op in STREAMING:
             continue
+        body = OPERATIONS[op](world)[2]
         response = await call(anon, world, op, headers)
         where = f"{op} {intruder}"
-        if writes_forbidden and op[0] != "GET":
+        if op == ("DELETE", "/v1/devices"):  # the intruder's own registration (above), if any
+            if response.status_code != 200:
+                errors.append(f"{where}: expected 200, got {response.text[:200]}")
+        elif op == ("DELETE", "/v1/devices/live-activity"):
+            if response.status_code != 200 or response.json().get("deleted") is not False:
+                errors.append(f"{where}: expected deleted=false, got {response.text[:200]}")
+        elif op == ("POST", "/v1/devices"):  # registers a device of the intruder's own app
+            if response.status_code != 201:
+                errors.append(f"{where}: expected 201, got {response.text[:200]}")
+        elif op in SECRET_READS and writes_forbidden:
+            expect(response, 403, "FORBIDDEN", where, errors)
+        elif writes_forbidden and op[0] != "GET" and op not in PUBLIC_WRITES:
             expect(response, 403, "FORBIDDEN", where, errors)
         elif op in (("GET", "/v1/jobs"), ("GET", "/v1/eta")):
             listed = response.json()
@@ -248,7 +311,7 @@ async def test_keys_of_another_app_or_mode_see_and_change_nothing(
                 errors.append(f"{where}: expected deleted=false, got {response.text[:200]}")
         else:
             expect(response, 404, "NOT_FOUND", where, errors)
-            if "{job_id}" in op[1] and response.status_code == 404:
+            if ("{job_id}" in op[1] or "jobId" in (body or {})) and response.status_code == 404:
                 if response.json()["error"].get("details", {}).get("id") is None:
                     errors.append(f"{where}: 404 without details.id")
     assert not errors, "\n".join(errors)

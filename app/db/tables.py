@@ -19,8 +19,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 # Reproduce PostgreSQL's own constraint names so migrations stay reviewable.
 metadata = MetaData(
@@ -158,4 +159,66 @@ dashboard_sessions = Table(
     Column("created_at", TS, nullable=False),
     Column("expires_at", TS, nullable=False),
     Index("ix_dashboard_sessions_expires_at", "expires_at"),
+)
+
+# --- push: tokens the apps register, and the outbox of deliveries to APNs -----------------
+
+live_activity_tokens = Table(
+    "live_activity_tokens",
+    metadata,
+    Column("app_id", String(100), primary_key=True),
+    Column("mode", String(4), primary_key=True),
+    Column("user_id", String(255), primary_key=True),
+    Column("device_id", String(255), primary_key=True),
+    Column("job_id", String(26), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("token", String(512), nullable=False),
+    Column("activity_id", String(255)),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Index("ix_live_activity_tokens_job_id", "job_id"),
+)
+
+device_tokens = Table(
+    "device_tokens",
+    metadata,
+    Column("app_id", String(100), primary_key=True),
+    Column("mode", String(4), primary_key=True),
+    Column("user_id", String(255), primary_key=True),
+    Column("device_id", String(255), primary_key=True),
+    Column("platform", String(10), nullable=False),
+    Column("token", String(1024), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    CheckConstraint("platform IN ('ios', 'android')", name="platform"),
+)
+
+push_deliveries = Table(
+    "push_deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("apns_id", UUID, nullable=False, server_default=text("gen_random_uuid()")),
+    Column("app_id", String(100), nullable=False),
+    Column("mode", String(4), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("device_id", String(255), nullable=False),
+    Column("job_id", String(26), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(12), nullable=False),  # liveactivity, alert, background
+    Column("event", String(6)),  # a Live Activity's update or end
+    Column("token", String(1024), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("coalesced", Integer, nullable=False, server_default=text("0")),
+    Column("not_before", TS, nullable=False),
+    Column("lease_until", TS),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("sent_at", TS),
+    Column("last_status", Integer),
+    Column("last_reason", String(100)),
+    CheckConstraint("kind IN ('liveactivity', 'alert', 'background')", name="kind"),
+    CheckConstraint(
+        "status IN ('pending', 'sending', 'sent', 'failed', 'superseded', 'skipped')",
+        name="status",
+    ),
 )

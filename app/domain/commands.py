@@ -161,6 +161,84 @@ class CreateJob(_Input):
         return self
 
 
+# --- push options (the Node SDK's PushOptions and LiveActivityOptions) --------------------
+
+
+class AlertPush(_Input):
+    title: Annotated[Text, Field(min_length=1, max_length=200)]
+    body: Annotated[Text, Field(max_length=1000)]
+    sound: Annotated[Text, Field(min_length=1, max_length=100)] | None = None
+    badge: Annotated[StrictInt, Field(ge=0, le=1_000_000)] | None = None
+
+
+class RichPush(_Input):
+    senderName: Annotated[Text, Field(min_length=1, max_length=200)]
+    senderAvatar: Annotated[Text, Field(max_length=2000)] | None = None
+    timeSensitive: StrictBool | None = None
+
+
+class PushOptions(_Input):
+    """What a write asks to be pushed. Live Activity updates and silent pushes default on."""
+
+    liveActivity: StrictBool | None = None
+    silent: StrictBool | None = None
+    alert: AlertPush | None = None
+    richPush: RichPush | None = None
+
+
+class CtaButton(_Input):
+    text: Annotated[Text, Field(min_length=1, max_length=100)]
+    deepLink: Annotated[Text, Field(min_length=1, max_length=2000)]
+    style: Literal["primary", "secondary", "outline"] | None = None
+    backgroundColor: Annotated[Text, Field(max_length=32)] | None = None
+    textColor: Annotated[Text, Field(max_length=32)] | None = None
+    cornerRadius: Annotated[StrictInt, Field(ge=0, le=1000)] | None = None
+
+
+class LiveActivityOptions(_Input):
+    ctaButton: CtaButton | None = None
+
+
+# --- device registrations ---------------------------------------------------------------
+
+DeviceId = Annotated[Ident, Field(min_length=1, max_length=255)]
+# APNs tokens are hex (ActivityKit's and the device's push token, as the apps send them).
+HEX_TOKEN = r"^[0-9A-Fa-f]{16,512}$"
+_DEVICE_TOKEN = r"^[A-Za-z0-9_:.\-]{16,1024}$"  # APNs hex, or an FCM registration token
+
+
+class LiveActivityRegistration(_Input):
+    userId: UserId
+    deviceId: DeviceId
+    jobId: JobId
+    token: Annotated[str, Field(pattern=HEX_TOKEN)]
+    activityId: Annotated[Ident, Field(min_length=1, max_length=255)] | None = None
+
+
+class LiveActivityRemoval(_Input):
+    userId: UserId
+    deviceId: DeviceId
+    jobId: JobId
+
+
+class DeviceRegistration(_Input):
+    userId: UserId
+    deviceId: DeviceId
+    platform: Literal["ios", "android"]
+    token: Annotated[str, Field(pattern=_DEVICE_TOKEN)]
+
+    @model_validator(mode="after")
+    def _apns_hex(self) -> DeviceRegistration:
+        if self.platform == "ios" and not re.match(HEX_TOKEN, self.token):
+            raise ValueError("an ios token is the APNs device token in hex (16-512 digits)")
+        return self
+
+
+class DeviceRemoval(_Input):
+    userId: UserId
+    deviceId: DeviceId
+
+
 class UpdateProgress(_Input):
     progress: Annotated[StrictInt, Field(ge=0, le=100)]
     message: Message | None = None
@@ -168,6 +246,7 @@ class UpdateProgress(_Input):
     stage: StageInfo | None = None
     estimatedCompletionAt: Timestamp | None = None
     metadata: Metadata | None = None
+    push: PushOptions | None = None
 
 
 def _result_shape(value: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +278,8 @@ JobResultIn = Annotated[
 class CompleteJob(_Input):
     result: JobResultIn | None = None
     message: Message | None = None
+    liveActivity: LiveActivityOptions | None = None
+    push: PushOptions | None = None
 
 
 class JobError(_Input):
@@ -210,7 +291,9 @@ class JobError(_Input):
 class FailJob(_Input):
     error: JobError
     retryable: StrictBool = False
+    push: PushOptions | None = None
 
 
 class CancelJob(_Input):
     reason: Message | None = None
+    push: PushOptions | None = None

@@ -16,13 +16,15 @@ from ulid import ULID
 
 from app.db.repository import Owner, Repository, Row, Staged, UniqueViolation
 from app.db.tables import jobs
-from app.domain import eta
+from app.domain import eta, push
 from app.domain.commands import (
     TTL_DEFAULT,
     CancelJob,
     CompleteJob,
     CreateJob,
+    CtaButton,
     FailJob,
+    PushOptions,
     UpdateProgress,
 )
 from app.domain.errors import (
@@ -156,7 +158,9 @@ class JobService:
         if cmd.metadata is not None:
             changes["metadata"] = {**(job["metadata"] or {}), **cmd.metadata}
         changes.update(eta.on_progress(job, stats, cmd, self.now))
-        return await self._write(job, parent, changes, "job.progress")
+        updated = await self._write(job, parent, changes, "job.progress")
+        await self._queue_pushes(updated, cmd.push)
+        return updated
 
     async def complete(self, job_id: str, cmd: CompleteJob) -> Row:
         job, _, parent = await self._lock_for_write(job_id)
@@ -173,6 +177,8 @@ class JobService:
             changes["message"] = cmd.message
         updated = await self._write(job, parent, changes, "job.completed")
         await self._record_completion(updated, job)
+        cta = cmd.liveActivity.ctaButton if cmd.liveActivity is not None else None
+        await self._queue_pushes(updated, cmd.push, cta)
         return updated
 
     async def fail(self, job_id: str, cmd: FailJob) -> Row:
@@ -185,7 +191,9 @@ class JobService:
             "completed_at": self.now,
             **NO_ETA,
         }
-        return await self._write(job, parent, changes, "job.failed")
+        updated = await self._write(job, parent, changes, "job.failed")
+        await self._queue_pushes(updated, cmd.push)
+        return updated
 
     async def cancel(self, job_id: str, cmd: CancelJob) -> Row:
         job, _, parent = await self._lock_for_write(job_id, allow_parent=True)
@@ -206,7 +214,17 @@ class JobService:
                 self._emit("job.cancelled", child)
             changes.update(_counter_columns(counts))
             changes["progress"] = parent_progress(job["child_progress_mode"], counts)
-        return await self._write(job, parent, changes, "job.cancelled")
+        updated = await self._write(job, parent, changes, "job.cancelled")
+        await self._queue_pushes(updated, cmd.push)
+        return updated
+
+    async def _queue_pushes(
+        self, job: Row, options: PushOptions | None, cta: CtaButton | None = None
+    ) -> None:
+        """The outbox hook: a write whose body carries ``push`` records its deliveries in
+        this transaction (they commit, or roll back, with the job's change)."""
+        if options is not None:
+            await push.queue_pushes(self.repo, self.owner, job, push.PushRequest(options, cta))
 
     async def _record_completion(self, job: Row, before: Row) -> None:
         """Stage the job's completion in its ETA key's statistics.

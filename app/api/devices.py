@@ -1,0 +1,151 @@
+"""``/v1/devices``: push tokens from the apps (public keys may register), and a job's pushes.
+
+``/v1/devices/live-activity`` is called by the Flutter SDK exactly as routed here: a JSON
+body on both POST (201) and DELETE (200).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from app.api.deps import authenticate, read, write
+from app.api.docs import ERRORS, Omit
+from app.api.jobs import JobIdPath, Reader
+from app.api.responses import ORJSONResponse
+from app.api.routing import OrjsonRoute
+from app.domain import push
+from app.domain.commands import (
+    DeviceRegistration,
+    DeviceRemoval,
+    LiveActivityRegistration,
+    LiveActivityRemoval,
+)
+from app.domain.errors import Forbidden
+from app.domain.keys import Principal
+
+router = APIRouter(tags=["devices"], route_class=OrjsonRoute)
+
+
+async def authenticate_secret(request: Request) -> Principal:
+    """Dependency: the caller, who must hold a secret (``sk_``) key (push debugging shows
+    device tokens' hints and payloads, which an app's public key must not read)."""
+    principal = await authenticate(request)
+    if not principal.can_write:
+        raise Forbidden("A job's pushes are shown to secret (sk_) keys only")
+    return principal
+
+
+Secret = Annotated[Principal, Depends(authenticate_secret)]
+
+
+class LiveActivityOut(BaseModel):
+    registered: bool
+    userId: str
+    deviceId: str
+    jobId: str
+    activityId: str | Omit = None
+    updatedAt: str
+
+
+class DeviceOut(BaseModel):
+    registered: bool
+    userId: str
+    deviceId: str
+    platform: Literal["ios", "android"]
+    updatedAt: str
+
+
+class LiveActivityRemovedOut(BaseModel):
+    deleted: bool
+    userId: str
+    deviceId: str
+    jobId: str
+
+
+class DeviceRemovedOut(BaseModel):
+    deleted: bool
+    userId: str
+    deviceId: str
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    apnsId: str
+    kind: Literal["liveactivity", "alert", "background"]
+    event: Literal["update", "end"] | Omit = None
+    deviceId: str
+    token: str
+    status: Literal["pending", "sending", "sent", "failed", "superseded", "skipped"]
+    attempts: int
+    coalesced: int
+    payload: dict[str, Any]
+    notBefore: str
+    createdAt: str
+    updatedAt: str
+    sentAt: str | Omit = None
+    lastStatus: int | Omit = None
+    lastReason: str | Omit = None
+
+
+class DeliveriesOut(BaseModel):
+    jobId: str
+    pushes: list[DeliveryOut]
+
+
+@router.post(
+    "/devices/live-activity", status_code=201, response_model=LiveActivityOut, responses=ERRORS
+)
+async def register_live_activity(
+    body: LiveActivityRegistration, request: Request, principal: Reader
+) -> Any:
+    """Register (or replace) a Live Activity's push token for a job of that ``userId``.
+
+    Public keys may call it; a job that is not the user's reads as 404.
+    """
+    out = await write(
+        request, principal, lambda s: push.register_live_activity(s.repo, s.owner, body, s.now)
+    )
+    return ORJSONResponse(out, status_code=201)
+
+
+@router.delete("/devices/live-activity", response_model=LiveActivityRemovedOut, responses=ERRORS)
+async def remove_live_activity(
+    body: LiveActivityRemoval, request: Request, principal: Reader
+) -> Any:
+    """Forget a Live Activity's push token; ``deleted`` says whether there was one."""
+    out = await write(
+        request, principal, lambda s: push.remove_live_activity(s.repo, s.owner, body)
+    )
+    return ORJSONResponse(out)
+
+
+@router.post("/devices", status_code=201, response_model=DeviceOut, responses=ERRORS)
+async def register_device(body: DeviceRegistration, request: Request, principal: Reader) -> Any:
+    """Register (or replace) a device's push token, for alerts and silent pushes.
+
+    ``ios``: the APNs device token in hex. ``android`` tokens are stored but not sent to
+    (this server speaks APNs only). Public keys may call it.
+    """
+    out = await write(
+        request, principal, lambda s: push.register_device(s.repo, s.owner, body, s.now)
+    )
+    return ORJSONResponse(out, status_code=201)
+
+
+@router.delete("/devices", response_model=DeviceRemovedOut, responses=ERRORS)
+async def remove_device(body: DeviceRemoval, request: Request, principal: Reader) -> Any:
+    """Forget a device's push token; ``deleted`` says whether there was one."""
+    out = await write(request, principal, lambda s: push.remove_device(s.repo, s.owner, body))
+    return ORJSONResponse(out)
+
+
+@router.get("/jobs/{job_id}/pushes", response_model=DeliveriesOut, responses=ERRORS)
+async def list_pushes(job_id: JobIdPath, request: Request, principal: Secret) -> Any:
+    """The job's push deliveries, newest first (at most 200), for debugging. Secret key only."""
+    out = await read(
+        request, principal, lambda s: push.list_deliveries(s.repo, s.owner, job_id, s.now)
+    )
+    return ORJSONResponse(out)

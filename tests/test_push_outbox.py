@@ -1,0 +1,111 @@
+"""The outbox: a write that asks for a push records its deliveries in its own transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import httpx
+
+from tests.conftest import AppKeys
+from tests.helpers import assert_error, complete, create_job, progress
+
+LIVE_TOKEN = "a1" * 40
+DEVICE_TOKEN = "b2" * 32
+
+
+async def registered_job(client: httpx.AsyncClient, keys: AppKeys) -> dict[str, Any]:
+    job = await create_job(client, userId="u1", title="Render")
+    pk = keys.auth(keys.public)
+    body = {"userId": "u1", "deviceId": "phone", "jobId": job["id"], "token": LIVE_TOKEN}
+    assert (await client.post("/devices/live-activity", json=body, headers=pk)).status_code == 201
+    device = {"userId": "u1", "deviceId": "phone", "platform": "ios", "token": DEVICE_TOKEN}
+    assert (await client.post("/devices", json=device, headers=pk)).status_code == 201
+    return job
+
+
+async def outbox(db: asyncpg.Connection, job_id: str) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "SELECT kind, event, token, payload::text AS payload FROM push_deliveries"
+        " WHERE job_id = $1 ORDER BY id",
+        job_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def test_a_write_without_push_queues_nothing(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
+) -> None:
+    job = await registered_job(client, keys)
+    await progress(client, job["id"], 10)
+    await complete(client, job["id"])
+    assert await outbox(db, job["id"]) == []
+
+
+async def test_a_write_with_push_queues_each_kind_it_asks_for(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
+) -> None:
+    job = await registered_job(client, keys)
+    push = {"alert": {"title": "Halfway", "body": "50% done"}, "richPush": {"senderName": "Bot"}}
+    await progress(client, job["id"], 50, message="Encoding", push=push)
+    rows = await outbox(db, job["id"])
+    assert sorted((r["kind"], r["event"], r["token"]) for r in rows) == [
+        ("alert", None, DEVICE_TOKEN),
+        ("background", None, DEVICE_TOKEN),
+        ("liveactivity", "update", LIVE_TOKEN),
+    ]
+    listed = (await client.get(f"/jobs/{job['id']}/pushes")).json()["pushes"]
+    live = next(p for p in listed if p["kind"] == "liveactivity")
+    assert live["payload"]["aps"]["content-state"] == {
+        "progress": 50,
+        "status": "running",
+        "message": "Encoding",
+    }
+    assert live["payload"]["aps"]["alert"] == {"title": "Halfway", "body": "50% done"}
+    alert = next(p for p in listed if p["kind"] == "alert")
+    assert alert["payload"]["aps"]["mutable-content"] == 1
+    assert alert["payload"]["seenn"]["senderName"] == "Bot"
+
+
+async def test_push_options_can_turn_kinds_off(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
+) -> None:
+    job = await registered_job(client, keys)
+    await progress(client, job["id"], 5, push={"liveActivity": False, "silent": False})
+    assert await outbox(db, job["id"]) == []
+    await progress(client, job["id"], 6, push={"liveActivity": True, "silent": False})
+    assert [r["kind"] for r in await outbox(db, job["id"])] == ["liveactivity"]
+
+
+async def test_a_rejected_write_queues_nothing(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
+) -> None:
+    job = await registered_job(client, keys)
+    await complete(client, job["id"])
+    late = await client.post(
+        f"/jobs/{job['id']}/progress", json={"progress": 60, "push": {"liveActivity": True}}
+    )
+    assert_error(late, 400, "INVALID_JOB_STATE")
+    assert await outbox(db, job["id"]) == []
+
+
+async def test_malformed_push_options_are_rejected(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
+) -> None:
+    job = await registered_job(client, keys)
+    for push in (
+        {"liveActivity": "yes"},
+        {"alert": {"body": "no title"}},
+        {"richPush": {}},
+        {"alert": {"title": "t", "body": "b", "badge": -1}},
+    ):
+        response = await client.post(
+            f"/jobs/{job['id']}/progress", json={"progress": 1, "push": push}
+        )
+        assert_error(response, 400, "VALIDATION_ERROR")
+    bad_cta = {"liveActivity": {"ctaButton": {"text": "Open"}}}
+    assert_error(
+        await client.post(f"/jobs/{job['id']}/complete", json=bad_cta), 400, "VALIDATION_ERROR"
+    )
+    assert (await client.get(f"/jobs/{job['id']}")).json()["progress"] == 0
+    assert await outbox(db, job["id"]) == []
