@@ -31,6 +31,7 @@ from app.dashboard.feed import DashboardFeed
 from app.db.engine import create_engine
 from app.maintenance import start_sweeper, stop_sweeper
 from app.observability import Metrics, ObservabilityMiddleware, RouteTemplates
+from app.push.worker import start_push_worker, stop_push_worker
 from app.realtime.runtime import end_streams, start_realtime, stop_realtime
 from app.settings import Settings, get_settings
 
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             settings.sse_max_connections_per_key, settings.sse_max_connections_per_user
         )
         sweeper = start_sweeper(app.state.engine, settings)
+        pusher = start_push_worker(app.state.engine, settings, app.state.metrics)
         # Everything built at startup lives as long as the process: move it out of the
         # collector's sight, so collections under load walk only per-request objects.
         gc.collect()
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         try:
             yield
         finally:
+            await stop_push_worker(pusher)
             await stop_sweeper(sweeper)
             await app.state.dashboard_feed.close()
             await stop_realtime(realtime)

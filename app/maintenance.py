@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.push_repository import PushRepository
 from app.db.sweep_repository import SweepRepository
 from app.domain.views import now_ms
 from app.settings import Settings
@@ -34,10 +35,11 @@ class SweepResult:
     children: int = 0
     jobs: int = 0
     idempotency_keys: int = 0
+    pushes: int = 0
 
     @property
     def total(self) -> int:
-        return self.children + self.jobs + self.idempotency_keys
+        return self.children + self.jobs + self.idempotency_keys + self.pushes
 
 
 async def _drain(engine: AsyncEngine, batch: Callable[[SweepRepository], Awaitable[int]]) -> int:
@@ -57,17 +59,22 @@ async def sweep_once(
     *,
     batch_size: int = 500,
     idempotency_retention: timedelta = timedelta(hours=24),
+    push_retention: timedelta = timedelta(hours=24),
     now: datetime | None = None,
     grace: timedelta = SWEEP_GRACE,
 ) -> SweepResult:
     """Delete everything that expired (jobs more than ``grace`` ago), in bounded batches."""
     now = now or now_ms()
     expired, stale = now - grace, now - idempotency_retention
+    finished = now - push_retention
     return SweepResult(
         children=await _drain(engine, lambda r: r.delete_children_of_expired(expired, batch_size)),
         jobs=await _drain(engine, lambda r: r.delete_expired_jobs(expired, batch_size)),
         idempotency_keys=await _drain(
             engine, lambda r: r.delete_old_idempotency_keys(stale, batch_size)
+        ),
+        pushes=await _drain(
+            engine, lambda r: PushRepository(r.conn).delete_finished(finished, batch_size)
         ),
     )
 
@@ -83,13 +90,15 @@ async def run_sweeper(engine: AsyncEngine, settings: Settings) -> None:
                 engine,
                 batch_size=settings.sweep_batch_size,
                 idempotency_retention=timedelta(hours=settings.idempotency_retention_hours),
+                push_retention=timedelta(hours=settings.push_retention_hours),
             )
             if result.total:
                 log.info(
-                    "sweeper deleted %d jobs, %d children, %d idempotency records",
+                    "sweeper deleted %d jobs, %d children, %d idempotency records, %d pushes",
                     result.jobs,
                     result.children,
                     result.idempotency_keys,
+                    result.pushes,
                 )
         except asyncio.CancelledError:
             raise

@@ -104,6 +104,39 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=r,
         )
+        self.push_sent = Counter(
+            "seenn_push_deliveries_sent",
+            "Pushes APNs accepted, by kind (liveactivity, alert, background).",
+            ("kind",),
+            registry=r,
+        )
+        self.push_failed = Counter(
+            "seenn_push_deliveries_failed",
+            "Pushes given up, by kind and APNs reason (or the network error).",
+            ("kind", "reason"),
+            registry=r,
+        )
+        self.push_retried = Counter(
+            "seenn_push_deliveries_retried",
+            "Push attempts that failed and were scheduled again (with backoff), by kind.",
+            ("kind",),
+            registry=r,
+        )
+        self.push_skipped = Counter(
+            "seenn_push_deliveries_skipped",
+            "Pushes skipped because APNs is not configured.",
+            registry=r,
+        )
+        self.push_tokens_deleted = Counter(
+            "seenn_push_tokens_deleted",
+            "Device and Live Activity tokens deleted because APNs called them invalid.",
+            registry=r,
+        )
+        self.push_outbox_depth = Gauge(
+            "seenn_push_outbox_depth",
+            "Pushes queued or being sent (all replicas), as last read by this one's worker.",
+            registry=r,
+        )
         self.db_pool_in_use = Gauge(
             "seenn_db_pool_connections_in_use",
             "Pooled database connections checked out now.",

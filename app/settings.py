@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -159,6 +160,60 @@ class Settings(BaseSettings):
         default=12.0,
         gt=0,
         description="How long a dashboard sign-in lasts before the browser must sign in again.",
+    )
+
+    apns_key: str | None = Field(
+        default=None,
+        description="APNs token-signing key (.p8): its file path, or its PEM contents. Unset "
+        "(with the other APNS settings): devices are stored, pushes are not sent.",
+    )
+    apns_key_id: str | None = Field(default=None, description="The .p8 key's Key ID (10 chars).")
+    apns_team_id: str | None = Field(default=None, description="The Apple developer Team ID.")
+    apns_bundle_id: str | None = Field(
+        default=None, description="The app's bundle id: the APNs topic of its pushes."
+    )
+    apns_environment: Literal["production", "sandbox"] = Field(
+        default="production",
+        description="APNs environment: production (App Store, TestFlight) or sandbox "
+        "(development builds from Xcode).",
+    )
+    apns_url: str | None = Field(
+        default=None,
+        description="APNs base URL; unset: Apple's host for apns_environment.",
+    )
+    apns_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificates trusted for the APNs connection; unset: the system's.",
+    )
+    push_poll_interval_seconds: float = Field(
+        default=0.25, gt=0, description="How often the delivery worker looks for due pushes."
+    )
+    push_batch_size: int = Field(
+        default=100, ge=1, description="Most pushes one worker claims and sends at once."
+    )
+    push_max_attempts: int = Field(
+        default=8, ge=1, description="Attempts of a push before it is given up as failed."
+    )
+    push_retry_base_seconds: float = Field(
+        default=1.0, gt=0, description="First retry delay; doubles per attempt (with jitter)."
+    )
+    push_retry_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest delay between two attempts of a push."
+    )
+    push_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a claimed push stays with its replica; a replica that died "
+        "mid-send loses it to another after this.",
+    )
+    push_retention_hours: float = Field(
+        default=24.0, gt=0, description="How long sent, failed and skipped pushes are kept."
+    )
+    live_activity_dismiss_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="How long an ended Live Activity stays on the lock screen (its "
+        "dismissal-date).",
     )
 
     log_level: str = Field(

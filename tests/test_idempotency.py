@@ -107,6 +107,19 @@ async def test_every_post_endpoint_replays_byte_for_byte_and_applies_once(
     document = (await client.get(f"{client.base_url.copy_with(path='/openapi.json')}")).json()
     posts = {p for p, item in document["paths"].items() if "post" in item}
     covered = {"/v1" + re.sub("[0-9A-Z]{26}", "{job_id}", path) for path, _, _ in calls}
+    token = {"userId": "user_1", "deviceId": "d", "token": "ab" * 32}
+    registrations = [
+        ("/devices/live-activity", {**token, "jobId": jobs[0]["id"]}),
+        ("/devices", {**token, "platform": "ios"}),
+    ]
+    for path, body in registrations:
+        key = new_key()
+        first = await post(client, path, body, key)
+        retry = await post(client, path, body, key)
+        assert (first.status_code, retry.status_code) == (201, 201), (path, first.text)
+        assert retry.headers["Idempotent-Replayed"] == "true"
+        assert retry.content == first.content, path
+        covered.add("/v1" + path)
     assert posts == covered | {"/v1/jobs"}
 
 

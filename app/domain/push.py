@@ -108,10 +108,11 @@ def live_activity_payload(job: Row, request: PushRequest, now: datetime) -> dict
         "content-state": content_state(job, request.cta),
     }
     alert = request.options.alert
-    if alert is not None:
+    if alert is not None:  # lights the screen with this update (a Live Activity's alert
+        # carries its sound inside ``alert``)
         aps["alert"] = {"title": _cut(alert.title), "body": _cut(alert.body)}
         if alert.sound is not None:
-            aps["sound"] = alert.sound
+            aps["alert"]["sound"] = alert.sound
     return {"aps": aps}
 
 

@@ -1,0 +1,1 @@
+"""Push delivery: the APNs client and the outbox worker."""
