@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
 from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from app.db.dashboard_repository import DashboardRepository
@@ -38,6 +41,14 @@ class Session:
     @property
     def can_write(self) -> bool:
         return self.principal.can_write
+
+
+@asynccontextmanager
+async def reading(request: Request) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection in autocommit, for reads (no BEGIN/ROLLBACK round trips)."""
+    async with request.app.state.engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
 
 
 def _digest(token: str) -> bytes:
@@ -79,8 +90,7 @@ async def current_session(request: Request) -> Session | None:
     session = None
     token = request.cookies.get(COOKIE)
     if token and len(token) <= 100:
-        async with request.app.state.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with reading(request) as conn:
             row = await DashboardRepository(conn).find_session(_digest(token), now_ms())
         if row is not None:
             principal = Principal(row["key_id"], row["app_id"], row["mode"], row["kind"])

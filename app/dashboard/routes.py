@@ -256,8 +256,7 @@ async def jobs_page(request: Request) -> Response:
         before = decode_cursor(cursor) if cursor else None
     except DomainError as exc:
         return _error(request, session, exc)
-    async with request.app.state.engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
+    async with auth.reading(request) as conn:
         rows = await DashboardRepository(conn).list_jobs(
             _owner(session), where, before, PAGE_SIZE + 1, now_ms()
         )
@@ -288,8 +287,7 @@ async def job_page(job_id: str, request: Request) -> Response:
     try:
         if not ULID_RE.match(job_id):
             raise NotFound(f"Job {job_id[:40]} not found")
-        async with request.app.state.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with auth.reading(request) as conn:
             job = await JobService(Repository(conn), owner).get(job_id)
             children: list[dict[str, Any]] = []
             if job["total_children"] is not None:
@@ -331,8 +329,7 @@ async def eta_page(request: Request) -> Response:
     if session is None:
         return _to_login()
     owner = _owner(session)
-    async with request.app.state.engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
+    async with auth.reading(request) as conn:
         stats = await eta.list_stats(Repository(conn), owner)
         accuracy = await DashboardRepository(conn).eta_accuracy(owner)
     retention = request.app.state.settings.event_retention_hours
@@ -353,8 +350,7 @@ async def keys_page(request: Request) -> Response:
     session = await auth.current_session(request)
     if session is None:
         return _to_login()
-    async with request.app.state.engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
+    async with auth.reading(request) as conn:
         keys = await Repository(conn).list_keys(session.principal.app_id)
     return _page(request, "keys.html", session, nav="keys", keys=keys)
 
@@ -435,8 +431,7 @@ async def events(request: Request) -> Response:
     settings = state.settings
     watcher = await feed.subscribe(owner)
     try:
-        async with state.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with auth.reading(request) as conn:
             repo = DashboardRepository(conn)
             rows = await repo.jobs_by_ids(owner, watch[:WATCH_LIMIT], now_ms())
             if after is not None:
