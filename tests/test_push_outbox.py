@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import asyncpg
@@ -109,3 +110,26 @@ async def test_malformed_push_options_are_rejected(
     )
     assert (await client.get(f"/jobs/{job['id']}")).json()["progress"] == 0
     assert await outbox(db, job["id"]) == []
+
+
+async def test_a_live_activity_payload_fits_in_apns_4_kb(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
+) -> None:
+    job = await registered_job(client, keys)
+    long = "x" * 2000
+    await progress(client, job["id"], 99, message=long)
+    body = {
+        "result": {"url": "https://cdn.example.com/" + "a" * 5000},
+        "message": long,
+        "liveActivity": {"ctaButton": {"text": "t" * 100, "deepLink": "app://" + "d" * 1990}},
+        "push": {"silent": False, "alert": {"title": "T" * 200, "body": "B" * 1000}},
+    }
+    await complete(client, job["id"], **body)
+    rows = {r["kind"]: r for r in await outbox(db, job["id"])}
+    assert set(rows) == {"liveactivity", "alert"}
+    assert all(len(r["payload"].encode()) <= 4096 for r in rows.values())
+    row = rows["liveactivity"]
+    state = json.loads(row["payload"])["aps"]["content-state"]
+    assert state["progress"] == 100 and state["status"] == "completed"
+    assert "resultUrl" not in state and "ctaDeepLink" not in state and "ctaButtonText" not in state
+    assert state["message"].endswith("…") and len(state["message"]) == 400

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from app.db.push_repository import Delivery, PushRepository
 from app.db.repository import Owner, Repository, Row
 from app.domain.commands import (
@@ -35,8 +37,11 @@ from app.domain.views import iso
 # uses deferredToDate (Swift's default) ... timeIntervalSinceReferenceDate"). So a Date goes
 # out as that number, never as ISO text or UNIX seconds.
 APPLE_REFERENCE_DATE = datetime(2001, 1, 1, tzinfo=UTC)
-# APNs refuses payloads over 4 KB: the free texts in a push are cut to this many characters.
+# APNs refuses payloads over 4 KB: the free texts in a push are cut to this many characters,
+# and what still does not fit is left out, least needed first (the worker adds a few bytes).
 _TEXT_MAX = 400
+_PAYLOAD_MAX = 3900
+_DROPPABLE = ("ctaDeepLink", "ctaButtonText", "resultUrl", "errorMessage", "message", "stageName")
 
 
 def apple_date(value: datetime) -> float:
@@ -113,7 +118,21 @@ def live_activity_payload(job: Row, request: PushRequest, now: datetime) -> dict
         aps["alert"] = {"title": _cut(alert.title), "body": _cut(alert.body)}
         if alert.sound is not None:
             aps["alert"]["sound"] = alert.sound
+    _fit(aps)
     return {"aps": aps}
+
+
+def _fit(aps: dict[str, Any]) -> None:
+    """Leave out optional content-state fields until the payload fits in APNs' 4 KB (a CTA
+    without its link is no CTA: the two go together)."""
+    state = aps["content-state"]
+    for name in _DROPPABLE:
+        if len(orjson.dumps({"aps": aps})) <= _PAYLOAD_MAX:
+            return
+        if name == "ctaDeepLink":
+            for cta in [k for k in state if k.startswith("cta")]:
+                del state[cta]
+        state.pop(name, None)
 
 
 def silent_payload(job: Row) -> dict[str, Any]:
