@@ -282,6 +282,37 @@ async def test_cancel_asks_for_confirmation_and_cancels(
         await context.close()
 
 
+async def test_keyboard_alone_reaches_a_job_and_its_cancel_button(
+    browser, server, keys: AppKeys, client: httpx.AsyncClient
+) -> None:
+    job = await create_job(client, title="Reached by keyboard")
+    context, page = await sign_in(browser, server, keys.secret)
+    try:
+        link = f"/dashboard/jobs/{job['id']}"
+        for _ in range(30):  # Tab through the header and the filters to the job's link
+            await page.keyboard.press("Tab")
+            if await page.evaluate("document.activeElement.getAttribute('href')") == link:
+                break
+        await page.keyboard.press("Enter")
+        await page.wait_for_url(f"{server.url}{link}")
+        for _ in range(30):
+            await page.keyboard.press("Tab")
+            if await page.evaluate("document.activeElement.id") == "cancel-job":
+                break
+        questions: list[str] = []
+
+        async def dismiss(dialog) -> None:
+            questions.append(dialog.message)
+            await dialog.dismiss()
+
+        page.once("dialog", dismiss)
+        await page.keyboard.press("Enter")
+        assert questions and "Reached by keyboard" in questions[0]
+        assert (await client.get(f"/jobs/{job['id']}")).json()["status"] == "pending"
+    finally:
+        await context.close()
+
+
 async def test_a_public_key_is_read_only_in_the_page_and_at_the_server(
     browser, server, keys: AppKeys, client: httpx.AsyncClient
 ) -> None:
