@@ -93,6 +93,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     from app.domain.views import iso
 
     url, _handle = resolve_database(settings)
+    _migrate(url)  # a fresh database has no tables yet
     rows = asyncio.run(_with_repo(url, lambda repo: repo.list_keys(args.app)))
     print(f"{'id':26}  {'app':20}  {'mode':4}  {'type':6}  {'key':20}  status")
     for r in rows:
@@ -108,11 +109,86 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     from app.domain.views import now_ms
 
     url, _handle = resolve_database(settings)
+    _migrate(url)
     done = asyncio.run(_with_repo(url, lambda repo: repo.revoke_key(args.key_id, now_ms())))
     if not done:
         print(f"no active key with id {args.key_id}", file=sys.stderr)
         return 1
     print(f"revoked {args.key_id}", file=sys.stderr)
+    return 0
+
+
+def cmd_signing_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from app.db import auth_repository
+
+    url, _handle = resolve_database(settings)
+    _migrate(url)
+    grace = timedelta(seconds=settings.token_lifetime_seconds + settings.auth_cache_seconds)
+    kid, changed = asyncio.run(
+        _with_repo(
+            url,
+            lambda repo: auth_repository.rotate_signing_key(repo.conn, grace, args.revoke_previous),
+        )
+    )
+    if args.revoke_previous:
+        print(
+            f"New signing key {kid}; {changed} previous key(s) deleted: their tokens are "
+            f"refused within {settings.auth_cache_seconds:g} s.",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"New signing key {kid}; {changed} previous key(s) retired: they verify the "
+            f"tokens they signed until those expire (at most {grace.total_seconds():g} s).",
+            file=sys.stderr,
+        )
+    print(kid)
+    return 0
+
+
+def cmd_signing_list(args: argparse.Namespace, settings: Settings) -> int:
+    from app.db import auth_repository
+    from app.domain.views import iso
+
+    url, _handle = resolve_database(settings)
+    _migrate(url)
+    rows = asyncio.run(_with_repo(url, lambda repo: auth_repository.list_signing_keys(repo.conn)))
+    print(f"{'kid':26}  {'created':24}  status")
+    for r in rows:
+        status = f"retired {iso(r['retired_at'])}" if r["retired_at"] else "signing"
+        print(f"{r['kid']:26}  {iso(r['created_at']):24}  {status}")
+    return 0
+
+
+def cmd_apps_set(args: argparse.Namespace, settings: Settings) -> int:
+    from app.db import auth_repository
+
+    url, _handle = resolve_database(settings)
+    _migrate(url)
+    value = args.token_only == "on"
+    asyncio.run(
+        _with_repo(url, lambda repo: auth_repository.set_token_only(repo.conn, args.app, value))
+    )
+    what = "only subscriber tokens" if value else "public keys and subscriber tokens"
+    print(
+        f"App {args.app!r} now reads with {what} (applies within "
+        f"{settings.auth_cache_seconds:g} s).",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_apps_show(args: argparse.Namespace, settings: Settings) -> int:
+    from app.db import auth_repository
+
+    url, _handle = resolve_database(settings)
+    _migrate(url)
+    value = asyncio.run(
+        _with_repo(url, lambda repo: auth_repository.token_only(repo.conn, args.app))
+    )
+    print(f"app {args.app}: token-only {'on' if value else 'off'}")
     return 0
 
 
@@ -212,6 +288,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bootstrap.add_argument("--app", required=True)
     bootstrap.set_defaults(func=cmd_keys_bootstrap)
+
+    signing = sub.add_parser(
+        "signing-keys", help="manage the keys that sign subscriber tokens"
+    ).add_subparsers(dest="signing_command", required=True)
+    rotate = signing.add_parser(
+        "rotate", help="sign new tokens with a new key; older keys verify until their tokens expire"
+    )
+    rotate.add_argument(
+        "--revoke-previous",
+        action="store_true",
+        help="delete the older keys at once: every token they signed is refused (a leak)",
+    )
+    rotate.set_defaults(func=cmd_signing_rotate)
+    signing.add_parser("list", help="list signing keys").set_defaults(func=cmd_signing_list)
+
+    apps = sub.add_parser("apps", help="per-app settings").add_subparsers(
+        dest="apps_command", required=True
+    )
+    app_set = apps.add_parser("set", help="change an app's settings")
+    app_set.add_argument("--app", required=True)
+    app_set.add_argument(
+        "--token-only",
+        choices=["on", "off"],
+        required=True,
+        help="on: public keys are refused, reads need a subscriber token (POST /v1/tokens)",
+    )
+    app_set.set_defaults(func=cmd_apps_set)
+    app_show = apps.add_parser("show", help="show an app's settings")
+    app_show.add_argument("--app", required=True)
+    app_show.set_defaults(func=cmd_apps_show)
     return parser
 
 

@@ -18,7 +18,7 @@ from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp
 
 from app import __version__
-from app.api import children, devices, eta, health, idempotency, jobs, sse, transitions
+from app.api import children, devices, eta, health, idempotency, jobs, sse, tokens, transitions
 from app.api.deps import KeyCache
 from app.api.docs import install_openapi, install_swagger_ui
 from app.api.errors import install_error_handlers
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         app.state.engine = create_engine(url, settings)
         app.state.metrics.watch_engine(app.state.engine)
         app.state.key_cache = KeyCache(settings.auth_cache_seconds)
+        app.state.signing_keys = tokens.SigningKeys(app.state.engine, settings)
         realtime = start_realtime(app.state.engine, url, settings, app.state.metrics)
         app.state.realtime = realtime
         app.state.hub = realtime.hub
@@ -117,7 +118,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     install_openapi(app)
     install_swagger_ui(app)
     api = APIRouter(prefix="/v1", route_class=OrjsonRoute)
-    for module in (jobs, children, transitions, eta, devices, sse):
+    for module in (jobs, children, transitions, eta, devices, sse, tokens):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

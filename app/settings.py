@@ -26,6 +26,11 @@ class Settings(BaseSettings):
         "database_url.",
     )
     data_dir: Path = Field(default=Path(".seenn"), description="Embedded PostgreSQL data folder.")
+    embedded_pg_user: str = Field(
+        default="",
+        description="Run as root without database_url: the system user the embedded PostgreSQL "
+        "runs as (created if missing, announced when created); empty: refuse to start as root.",
+    )
     host: str = Field(default="127.0.0.1", description="Address `serve` listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port `serve` listens on.")
     forwarded_allow_ips: str = Field(
@@ -84,6 +89,13 @@ class Settings(BaseSettings):
         description="How long a replica caches an API key lookup (a revocation takes at most "
         "this long to apply); 0 disables.",
     )
+    token_lifetime_seconds: int = Field(
+        default=900,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Lifetime of a subscriber token from POST /v1/tokens, and the most a "
+        "request may ask for (expiresIn).",
+    )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted; larger gets 413."
     )
@@ -126,6 +138,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Maximum life of an SSE stream; it ends with `connection.idle` and the "
         "client reconnects (spreads load across replicas).",
+    )
+    sse_token_expiry_margin_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="A stream opened with a subscriber token gets `connection.idle` (reason "
+        "`token_expired`) this long before the token expires (at most half its "
+        "remaining life), to reconnect with a new token and lastEventId.",
     )
     sse_poll_interval_seconds: float = Field(
         default=1.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
@@ -13,8 +13,10 @@ from starlette.responses import Response
 
 from app.api import idempotency, ratelimit
 from app.api.errors import sqlstate
+from app.db import auth_repository
 from app.db.repository import Owner, Repository, Row
-from app.domain.errors import Forbidden, Unauthorized
+from app.domain import tokens
+from app.domain.errors import Forbidden, JobNotFound, NotFound, Unauthorized
 from app.domain.keys import KEY_RE, Principal, hash_key
 from app.domain.service import JobService
 
@@ -57,8 +59,14 @@ def bearer_key(request: Request) -> str:
 
 
 async def principal_for_key(request: Request, key: str) -> Principal:
-    """Resolve a key to its app and mode; 401 for unknown, malformed or revoked keys."""
+    """Resolve a key or subscriber token to its app and mode.
+
+    401 for unknown, malformed or revoked keys and for invalid or expired tokens; 403 for a
+    public key of an app whose public keys are token-only.
+    """
     if not KEY_RE.match(key):
+        if tokens.SHAPE.match(key):
+            return await principal_for_token(request, key)
         raise Unauthorized("Invalid API key")
     digest = hash_key(key)
     cache: KeyCache = request.app.state.key_cache
@@ -66,14 +74,44 @@ async def principal_for_key(request: Request, key: str) -> Principal:
     if not hit:
         async with request.app.state.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            row = await Repository(conn).find_key(digest)
+            row = await auth_repository.find_key(conn, digest)
         principal = None
         if row is not None and row["revoked_at"] is None:
-            principal = Principal(row["id"], row["app_id"], row["mode"], row["kind"])
+            principal = Principal(
+                row["id"], row["app_id"], row["mode"], row["kind"], token_only=row["token_only"]
+            )
         cache.put(digest, principal)
     if principal is None:
         raise Unauthorized("Invalid API key")
+    if principal.token_only and principal.kind == "public":
+        raise Forbidden(
+            f"App {principal.app_id!r} reads only with subscriber tokens: its backend mints "
+            "one per user with POST /v1/tokens (secret key)"
+        )
     # In memory, no round trip; the decision also feeds the X-RateLimit-* headers.
+    ratelimit.enforce(request.state, request.app.state.rate_limiter, principal.key_id)
+    return principal
+
+
+async def principal_for_token(request: Request, token: str) -> Principal:
+    """A subscriber token's scope, once its signature (by a known key) and expiry check."""
+    try:
+        secret = await request.app.state.signing_keys.secret_for(tokens.key_id(token))
+        if secret is None:
+            raise tokens.TokenInvalid("Invalid token")
+        claims = tokens.verify(token, secret)
+    except tokens.TokenInvalid as exc:
+        raise Unauthorized(str(exc)) from None
+    # Tokens of an app and mode share one bucket and one SSE cap, as a public key would.
+    principal = Principal(
+        f"token:{claims.app_id}:{claims.mode}",
+        claims.app_id,
+        claims.mode,
+        "token",
+        user_id=claims.user_id,
+        job_ids=frozenset(claims.job_ids) if claims.job_ids is not None else None,
+        expires_at=float(claims.expires_at),
+    )
     ratelimit.enforce(request.state, request.app.state.rate_limiter, principal.key_id)
     return principal
 
@@ -89,12 +127,26 @@ async def authenticate_writer(request: Request) -> Principal:
     """Dependency: the caller, who must hold a secret (``sk_``) key."""
     principal = await authenticate(request)
     if not principal.can_write:
-        raise Forbidden("Public (pk_) keys are read-only; use a secret (sk_) key to write")
+        raise Forbidden(
+            "Public (pk_) keys and subscriber tokens are read-only; use a secret (sk_) key to write"
+        )
     return principal
 
 
 def owner_of(principal: Principal) -> Owner:
     return Owner(principal.app_id, principal.mode)
+
+
+def require_user(principal: Principal, user_id: str) -> None:
+    """404 unless the caller may read ``user_id``'s jobs (a token reads only its user's)."""
+    if not principal.sees_user(user_id):
+        raise NotFound(f"No user {user_id!r} in this token's scope", {"userId": user_id})
+
+
+def require_job(principal: Principal, job: dict[str, Any]) -> None:
+    """404 (as for a missing job) unless the caller may read the job row ``job``."""
+    if not principal.sees_job(job["user_id"], job["id"], job["parent_job_id"]):
+        raise JobNotFound(job["id"])
 
 
 async def read(

@@ -72,6 +72,15 @@ class JobListOut(_Out):
     nextCursor: str | Omit = None
 
 
+class TokenOut(_Out):
+    token: str
+    tokenType: Literal["Bearer"]
+    userId: str
+    jobIds: list[str] | Omit = None
+    expiresIn: int = Field(ge=1)
+    expiresAt: str
+
+
 class ChildSummaryOut(_Out):
     id: str
     childIndex: Counter
@@ -107,8 +116,8 @@ def _err(description: str) -> dict[str, Any]:
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: _err("Invalid input or job state"),
-    401: _err("Missing or invalid API key"),
-    403: _err("Public key used for a write"),
+    401: _err("Missing or invalid API key or token"),
+    403: _err("Write with a public key or token; read with a public key of a token-only app"),
     404: _err("Not found"),
     409: _err("Conflict"),
     413: _err("Request body too large"),

@@ -8,7 +8,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from app.api.deps import authenticate, authenticate_writer, read, write_job
+from app.api.deps import (
+    authenticate,
+    authenticate_writer,
+    read,
+    require_job,
+    require_user,
+    write_job,
+)
 from app.api.docs import ERRORS, JobListOut, JobOut
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
@@ -54,7 +61,9 @@ async def create_job(body: CreateJob, request: Request, principal: Writer) -> An
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
 async def get_job(job_id: JobIdPath, request: Request, principal: Reader) -> Any:
     """Get one job."""
-    return ORJSONResponse(job_view(await read(request, principal, lambda s: s.get(job_id))))
+    job = await read(request, principal, lambda s: s.get(job_id))
+    require_job(principal, job)
+    return ORJSONResponse(job_view(job))
 
 
 @router.get("/jobs", response_model=JobListOut, responses=ERRORS)
@@ -66,8 +75,12 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Any:
     """A user's jobs, newest first, with keyset pagination."""
+    require_user(principal, userId)
     before = decode_cursor(cursor) if cursor else None
-    rows = await read(request, principal, lambda s: s.list_for_user(userId, before, limit + 1))
+    only = principal.job_ids
+    rows = await read(
+        request, principal, lambda s: s.list_for_user(userId, before, limit + 1, only)
+    )
     body: dict[str, Any] = {"jobs": [job_view(r) for r in rows[:limit]]}
     if len(rows) > limit:
         body["nextCursor"] = encode_cursor(rows[limit - 1]["id"])

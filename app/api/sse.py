@@ -11,10 +11,11 @@ from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from app.api.deps import bearer_key, owner_of, principal_for_key
+from app.api.deps import bearer_key, owner_of, principal_for_key, require_user
 from app.api.limits import acquire_sse_slot
 from app.domain.commands import ULID_RE
-from app.domain.errors import ValidationFailed
+from app.domain.errors import JobNotFound, NotFound, ValidationFailed
+from app.domain.keys import Principal
 from app.domain.views import event_view, now_ms
 from app.observability import Metrics
 from app.realtime import eventlog
@@ -29,7 +30,8 @@ _BATCH = 64  # messages joined into one write when a client is behind
 def _key(request: Request) -> str:
     if request.headers.get("authorization"):
         return bearer_key(request)
-    key = request.query_params.get("apiKey") or request.query_params.get("key")
+    query = request.query_params
+    key = query.get("access_token") or query.get("apiKey") or query.get("key")
     if key:
         return key.strip()
     return bearer_key(request)  # raises the usual 401
@@ -51,13 +53,35 @@ def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+def _require_scope(principal: Principal, user_id: str, job_id: str | None) -> None:
+    """A token streams only its user; a token limited to jobs streams one of them."""
+    require_user(principal, user_id)
+    if principal.job_ids is not None:
+        if job_id is None:
+            raise NotFound(
+                "This token reads only some jobs: pass jobId (one of them)", {"field": "jobId"}
+            )
+        if job_id not in principal.job_ids:
+            raise JobNotFound(job_id)
+
+
+def _token_deadline(principal: Principal, margin: float) -> float | None:
+    """When (monotonic) a token's stream says goodbye: ``margin`` before the token expires,
+    or half its remaining life when that is shorter."""
+    if principal.expires_at is None:
+        return None
+    remaining = principal.expires_at - time.time()
+    return time.monotonic() + remaining - min(margin, max(remaining, 0.0) / 2)
+
+
 @router.get(
     "/sse",
     summary="Stream a user's job events (Server-Sent Events)",
     response_class=EventSourceResponse,
 )
 async def sse(request: Request) -> EventSourceResponse:
-    """Auth by Bearer key or ``apiKey``/``key`` query; resume with ``Last-Event-ID``."""
+    """Auth by Bearer key or token, or the ``access_token``/``apiKey``/``key`` query (for
+    ``EventSource``); resume with ``Last-Event-ID``."""
     principal = await principal_for_key(request, _key(request))
     request.state.principal = principal
     user_id = request.query_params.get("userId")
@@ -66,6 +90,7 @@ async def sse(request: Request) -> EventSourceResponse:
     job_id = request.query_params.get("jobId") or None
     if job_id is not None and not ULID_RE.match(job_id):
         raise ValidationFailed("jobId must be a job id (ULID)", {"field": "jobId"})
+    _require_scope(principal, user_id, job_id)
     last_id = _last_event_id(request)
     owner = owner_of(principal)
     state = request.app.state
@@ -94,6 +119,10 @@ async def sse(request: Request) -> EventSourceResponse:
             start = last_id if resume and last_id is not None else stream.last_seq
             # Subscribe before reading the backlog; the seq filter removes the overlap.
             deadline = time.monotonic() + settings.sse_max_connection_seconds
+            expiry = _token_deadline(principal, settings.sse_token_expiry_margin_seconds)
+            token_expires_first = expiry is not None and expiry < deadline
+            if expiry is not None and token_expires_first:
+                deadline = expiry
             sub = Subscriber(
                 stream.stream_id,
                 start,
@@ -167,6 +196,8 @@ async def sse(request: Request) -> EventSourceResponse:
                     return  # the client resumes from its last id
                 if stop is not None:
                     reason = stop
+                    if stop == "maxLifetime" and token_expires_first:
+                        reason = "token_expired"  # reconnect with a new token
                     break
             idle_ms = int((time.monotonic() - last_sent) * 1000)
             yield encode(None, "connection.idle", _json({"reason": reason, "idleTime": idle_ms}))

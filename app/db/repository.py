@@ -12,8 +12,10 @@ import orjson
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    String,
     Text,
     TextClause,
+    any_,
     bindparam,
     column,
     func,
@@ -78,6 +80,12 @@ _LIST_JOBS = (
     .limit(bindparam("limit"))
 )
 _LIST_JOBS_BEFORE = _LIST_JOBS.where(jobs.c.id < bindparam("before_id"))
+# A subscriber token limited to some jobs lists those and their children.
+_ONLY = bindparam("only", type_=ARRAY(String))
+_LIST_JOBS_ONLY = _LIST_JOBS.where(
+    (jobs.c.id == any_(_ONLY)) | (jobs.c.parent_job_id == any_(_ONLY))
+)
+_LIST_JOBS_ONLY_BEFORE = _LIST_JOBS_ONLY.where(jobs.c.id < bindparam("before_id"))
 _LIST_CHILDREN = (
     select(jobs).where(jobs.c.parent_job_id == bindparam("parent_id")).order_by(jobs.c.child_index)
 )
@@ -264,8 +272,15 @@ class Repository:
         return await self.driver.fetch(_CANCEL_CHILDREN, {"parent_id": parent_id, "now": now})
 
     async def list_jobs(
-        self, owner: Owner, user_id: str, before_id: str | None, limit: int, now: datetime
+        self,
+        owner: Owner,
+        user_id: str,
+        before_id: str | None,
+        limit: int,
+        now: datetime,
+        only: Sequence[str] | None = None,
     ) -> list[Row]:
+        """A user's jobs, newest first; with ``only``, just those jobs and their children."""
         params = {
             "user_id": user_id,
             "app_id": owner.app_id,
@@ -276,6 +291,9 @@ class Repository:
         stmt = _LIST_JOBS
         if before_id is not None:
             stmt, params["before_id"] = _LIST_JOBS_BEFORE, before_id
+        if only is not None:
+            stmt = _LIST_JOBS_ONLY_BEFORE if before_id is not None else _LIST_JOBS_ONLY
+            params["only"] = list(only)
         return await self.driver.fetch(stmt, params)
 
     async def list_children(self, parent_id: str) -> list[Row]:

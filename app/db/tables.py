@@ -222,3 +222,23 @@ push_deliveries = Table(
         name="status",
     ),
 )
+
+# Keys that sign subscriber tokens (HS256). The newest unretired key signs; a retired key
+# still verifies the tokens it signed until they have expired.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(26), primary_key=True),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("retired_at", TS),
+)
+
+# Per-app authentication settings; an app without a row has the defaults.
+app_settings = Table(
+    "app_settings",
+    metadata,
+    Column("app_id", String(100), primary_key=True),
+    Column("public_keys_token_only", Boolean, nullable=False, server_default="false"),
+    Column("updated_at", TS, nullable=False),
+)

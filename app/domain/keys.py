@@ -15,16 +15,39 @@ KIND_PREFIX = {"secret": "sk", "public": "pk"}
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller: an app, a mode, and whether it may write."""
+    """The caller: an app, a mode, and whether it may write.
+
+    ``kind`` is ``secret`` or ``public`` for an API key, ``token`` for a subscriber token,
+    which reads only ``user_id``'s jobs (and, with ``job_ids``, only those jobs and their
+    children). ``token_only`` marks a public key of an app that accepts only tokens.
+    """
 
     key_id: str
     app_id: str
     mode: str
     kind: str
+    token_only: bool = False
+    user_id: str | None = None
+    job_ids: frozenset[str] | None = None
+    expires_at: float | None = None  # a token's expiry (Unix time)
 
     @property
     def can_write(self) -> bool:
         return self.kind == "secret"
+
+    @property
+    def is_token(self) -> bool:
+        return self.kind == "token"
+
+    def sees_user(self, user_id: str) -> bool:
+        """Whether this caller may read ``user_id``'s jobs (any user, for a key)."""
+        return self.user_id is None or self.user_id == user_id
+
+    def sees_job(self, user_id: str, job_id: str, parent_id: str | None) -> bool:
+        """Whether this caller may read the job ``job_id`` of ``user_id``."""
+        if not self.sees_user(user_id):
+            return False
+        return self.job_ids is None or job_id in self.job_ids or parent_id in self.job_ids
 
 
 def generate_key(kind: str, mode: str) -> str:

@@ -8,6 +8,7 @@ events in one statement (:meth:`JobService.flush_events`) just before commit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -80,8 +81,14 @@ class JobService:
             raise JobNotFound(job_id)
         return job
 
-    async def list_for_user(self, user_id: str, before_id: str | None, limit: int) -> list[Row]:
-        return await self.repo.list_jobs(self.owner, user_id, before_id, limit, self.now)
+    async def list_for_user(
+        self,
+        user_id: str,
+        before_id: str | None,
+        limit: int,
+        only: Sequence[str] | None = None,
+    ) -> list[Row]:
+        return await self.repo.list_jobs(self.owner, user_id, before_id, limit, self.now, only)
 
     async def with_children(self, job_id: str) -> tuple[Row, list[Row]]:
         parent = await self.get(job_id)
