@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import jwt
 import pytest
 
 from app.domain.keys import generate_key
@@ -98,6 +99,7 @@ OPERATIONS: dict[tuple[str, str], Callable[[World], Request]] = {
         {"userId": USER, "deviceId": "d1"},
     ),
     ("GET", "/v1/jobs/{job_id}/pushes"): lambda w: ("GET", f"/jobs/{w.job['id']}/pushes", None),
+    ("POST", "/v1/tokens"): lambda w: ("POST", "/tokens", {"userId": USER}),
 }
 STREAMING = {("GET", "/v1/sse")}  # opened only with credentials that must fail
 # The apps register their own push tokens with their public key.
@@ -300,6 +302,10 @@ async def test_keys_of_another_app_or_mode_see_and_change_nothing(
             expect(response, 403, "FORBIDDEN", where, errors)
         elif writes_forbidden and op[0] != "GET" and op not in PUBLIC_WRITES:
             expect(response, 403, "FORBIDDEN", where, errors)
+        elif op == ("POST", "/v1/tokens"):  # a token of the key's own app and mode
+            claims = jwt.decode(response.json()["token"], options={"verify_signature": False})
+            if (claims["app"], claims["mode"]) == (world.keys.app_id, "test"):
+                errors.append(f"{where}: minted a token for app A's test mode")
         elif op in (("GET", "/v1/jobs"), ("GET", "/v1/eta")):
             listed = response.json()
             if response.status_code != 200 or any(listed.values()):
@@ -339,3 +345,140 @@ async def test_a_key_in_the_query_string_is_refused_outside_sse(
             expect(response, 401, "UNAUTHORIZED", f"{op} ?{name}=", errors)
     assert not errors, "\n".join(errors)
     assert await a_state(db, world) == before
+
+
+# --- subscriber tokens ---------------------------------------------------------------------
+
+USER_READS = {  # reads of USER's jobs: out of a token's scope they are 404
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{job_id}"),
+    ("GET", "/v1/jobs/{job_id}/children"),
+    ("GET", "/v1/sse"),
+}
+
+
+async def mint(anon: httpx.AsyncClient, secret: str, user_id: str, **fields: Any) -> str:
+    response = await anon.post(
+        "/tokens", json={"userId": user_id, **fields}, headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["token"])
+
+
+async def test_a_token_reads_its_user_and_gets_403_on_every_write(
+    anon: httpx.AsyncClient,
+    world: World,
+    operations: list[tuple[str, str]],
+    db: asyncpg.Connection,
+) -> None:
+    headers = {"Authorization": f"Bearer {await mint(anon, world.keys.secret, USER)}"}
+    before = await a_state(db, world)
+    errors: list[str] = []
+    for op in operations:
+        if op in STREAMING:
+            continue
+        response = await call(anon, world, op, headers)
+        if op[0] == "GET":
+            if response.status_code != 200:
+                errors.append(f"{op}: a token should read, got {response.text[:200]}")
+        else:
+            expect(response, 403, "FORBIDDEN", str(op), errors)
+    assert not errors, "\n".join(errors)
+    assert await a_state(db, world) == before
+
+
+@pytest.mark.parametrize("scope", ["another user", "another job", "another app", "another mode"])
+async def test_a_token_out_of_scope_sees_and_changes_nothing(
+    anon: httpx.AsyncClient,
+    world: World,
+    operations: list[tuple[str, str]],
+    database_url: str,
+    db: asyncpg.Connection,
+    scope: str,
+) -> None:
+    if scope == "another user":
+        token = await mint(anon, world.keys.secret, "someone_else")
+    elif scope == "another job":  # USER's, but only a job that is not the world's
+        other = await create_job_for(anon, world.keys)
+        token = await mint(anon, world.keys.secret, USER, jobIds=[other])
+    elif scope == "another app":
+        token = await mint(anon, (await make_app(database_url)).secret, USER)
+    else:
+        token = await mint(anon, world.keys.live_secret, USER)
+    headers = {"Authorization": f"Bearer {token}"}
+    own_user = scope in ("another user", "another job")  # app A's token, outside its scope
+    before = await a_state(db, world)
+    errors: list[str] = []
+    for op in operations:
+        if op in STREAMING and not own_user:
+            continue  # USER's stream of the token's own app: it would stay open, empty
+        response = await call(anon, world, op, headers)
+        where = f"{op} {scope}"
+        if op[0] != "GET":
+            expect(response, 403, "FORBIDDEN", where, errors)
+        elif op == ("GET", "/v1/jobs") and scope == "another job":
+            listed = {j["id"] for j in response.json().get("jobs", [])}
+            if response.status_code != 200 or world.job["id"] in listed:
+                errors.append(f"{where}: listed out-of-scope jobs: {response.text[:200]}")
+        elif op in USER_READS and own_user:
+            expect(response, 404, "NOT_FOUND", where, errors)
+        elif op[1].startswith("/v1/eta") and own_user:
+            if response.status_code != 200:  # app-wide statistics: no user's data
+                errors.append(f"{where}: expected 200, got {response.text[:200]}")
+        elif op in (("GET", "/v1/jobs"), ("GET", "/v1/eta")):
+            listed = response.json()
+            if response.status_code != 200 or any(listed.values()):
+                errors.append(f"{where}: expected an empty 200 list, got {response.text[:200]}")
+        else:
+            expect(response, 404, "NOT_FOUND", where, errors)
+    assert not errors, "\n".join(errors)
+    assert await a_state(db, world) == before
+
+
+async def create_job_for(anon: httpx.AsyncClient, keys: AppKeys) -> str:
+    body = {"jobType": "other", "userId": USER, "title": "t"}
+    response = await anon.post("/jobs", json=body, headers=keys.auth())
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def test_refused_tokens_get_401_everywhere(
+    anon: httpx.AsyncClient,
+    world: World,
+    operations: list[tuple[str, str]],
+    db: asyncpg.Connection,
+) -> None:
+    good = await mint(anon, world.keys.secret, USER)
+    claims = jwt.decode(good, options={"verify_signature": False})
+    kid = jwt.get_unverified_header(good)["kid"]
+    secret = await db.fetchval("SELECT secret FROM signing_keys WHERE kid = $1", kid)
+    expired = {**claims, "iat": claims["iat"] - 3600, "exp": claims["iat"] - 1800}
+    head, _, sig = good.split(".")
+    credentials = {
+        "expired": jwt.encode(expired, secret, algorithm="HS256", headers={"kid": kid}),
+        "bad signature": jwt.encode(claims, b"x" * 32, algorithm="HS256", headers={"kid": kid}),
+        "foreign payload": ".".join([head, mint_payload(claims), sig]),
+        "alg none": jwt.encode(claims, None, algorithm="none", headers={"kid": kid}),
+        "dots only": "..",
+    }
+    before = await a_state(db, world)
+    errors: list[str] = []
+    for op in operations:
+        for name, token in credentials.items():
+            response = await call(anon, world, op, {"Authorization": f"Bearer {token}"})
+            expect(response, 401, "UNAUTHORIZED", f"{op} {name}", errors)
+            if op in STREAMING:
+                query = await anon.get("/sse", params={"userId": USER, "access_token": token})
+                expect(query, 401, "UNAUTHORIZED", f"{op} ?access_token {name}", errors)
+    assert not errors, "\n".join(errors)
+    assert await a_state(db, world) == before
+
+
+def mint_payload(claims: dict[str, Any]) -> str:
+    """The token's claims for another app, base64url: a payload its signature does not fit."""
+    import base64
+
+    import orjson
+
+    forged = {**claims, "app": "another-app"}
+    return base64.urlsafe_b64encode(orjson.dumps(forged)).decode().rstrip("=")
