@@ -15,12 +15,16 @@ def resolve_database(settings: Settings) -> tuple[str, Any]:
     """The database URL to use: ``DATABASE_URL``, else a started embedded server."""
     if settings.database_url:
         return settings.database_url, None
-    from app.db.embedded import start_embedded
+    from app.db.embedded import EmbeddedRefused, start_embedded
 
     print(
         f"No DATABASE_URL set: starting embedded PostgreSQL in {settings.data_dir}", file=sys.stderr
     )
-    return start_embedded(settings.data_dir)
+    try:
+        return start_embedded(settings.data_dir, settings.embedded_pg_user)
+    except EmbeddedRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _migrate(url: str) -> None:

@@ -27,7 +27,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def database_url(workdir: Path) -> Iterator[str]:
     url, handle = provision_database(workdir)
     yield url
-    del handle
+    if hasattr(handle, "close"):
+        handle.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import secrets
 import socket
@@ -30,15 +31,57 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# As root the embedded server runs as this system user (the documented opt-in).
+TEST_PG_USER = os.environ.get("SEENN_EMBEDDED_PG_USER") or "seenn-postgres"
+
+
+class EmbeddedForTests:
+    """The embedded server of a test session; as root, in a folder of its own under /tmp
+    (pytest's folders are 0700, which the server's system user cannot enter)."""
+
+    def __init__(self, workdir: Path) -> None:
+        import tempfile
+
+        from app.db.embedded import is_root, start_embedded
+
+        self.folder: Path | None = None
+        self.closed = False
+        if is_root():
+            self.folder = Path(tempfile.mkdtemp(prefix="seenn-test-pg-"))
+            self.folder.chmod(0o711)  # ours: the system user must enter it
+            self.url, self.handle = start_embedded(self.folder, TEST_PG_USER)
+            atexit.register(self.close)  # runs before the handle's own: the folder goes too
+        else:
+            self.url, self.handle = start_embedded(workdir)
+
+    def close(self) -> None:
+        import shutil
+
+        self.closed = True
+        close = getattr(self.handle, "close", None)
+        if close is not None and self.folder is not None:
+            close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_embedded: EmbeddedForTests | None = None
+
+
 def provision_database(workdir: Path) -> tuple[str, object]:
-    """A fresh, migrated database: inside ``SEENN_TEST_DATABASE_URL``'s server, or embedded."""
-    from app.db.embedded import start_embedded
+    """A fresh, migrated database: inside ``SEENN_TEST_DATABASE_URL``'s server, or embedded.
+
+    The handle keeps the embedded server running; ``close()`` it when done (or let the
+    process exit).
+    """
     from app.db.migrate import upgrade
 
+    global _embedded
     base = os.environ.get("SEENN_TEST_DATABASE_URL")
     handle: object = None
     if base is None:
-        base, handle = start_embedded(workdir)
+        if _embedded is None or _embedded.closed:  # one server per process, as before
+            _embedded = EmbeddedForTests(workdir)
+        base, handle = _embedded.url, _embedded
     url = create_database(base, f"seenn_test_{os.getpid()}")
     upgrade(url)
     return url, handle

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from app.api import idempotency
 from app.api.deps import authenticate_writer
 from app.api.docs import ERRORS, TokenOut
 from app.api.responses import ORJSONResponse
@@ -92,6 +93,9 @@ async def mint_token(
     principal: Annotated[Principal, Depends(authenticate_writer)],
 ) -> Any:
     """Mint a subscriber token (secret key only) for the app to read one user's jobs."""
+    # Minting changes nothing, so a retry may simply mint again: a valid Idempotency-Key
+    # is accepted (and a malformed one refused, as on every POST) but nothing is stored.
+    await idempotency.from_request(request)
     settings: Settings = request.app.state.settings
     limit = settings.token_lifetime_seconds
     lifetime = body.expiresIn if body.expiresIn is not None else limit
