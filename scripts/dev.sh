@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
-# Install the server and run it on an embedded PostgreSQL (data in ./.seenn).
-# On the first run it creates a secret test key for the app "demo" and prints it.
+# Install the server and run it on an embedded PostgreSQL (data in ./.seenn, or
+# $SEENN_DATA_DIR). Options are passed on to `seenn-server serve` (e.g. --port 9000).
+# On the first run it creates a secret test key for the app "demo", prints it once and
+# keeps it in <data folder>/demo-key, readable by you only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+data="${SEENN_DATA_DIR:-.seenn}"
 
-python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e .
-mkdir -p .seenn
-if [ ! -s .seenn/demo-key ]; then
-  .venv/bin/seenn-server keys create --app demo --type secret --mode test | tail -n 1 > .seenn/demo-key
+# Install only when pyproject.toml changed since the last install (or nothing is installed).
+stamp=.venv/.seenn-dev-installed
+wanted="$(sha256sum pyproject.toml | cut -d ' ' -f 1)"
+if [ ! -x .venv/bin/seenn-server ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "Installing seenn-server into .venv ..."
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -e .
+  echo "$wanted" > "$stamp"
 fi
-echo "Your API key (app 'demo', test mode): $(cat .seenn/demo-key)"
+
+if [ ! -s "$data/demo-key" ]; then
+  # The server creates the data folder; the key is captured, then written 0600.
+  key="$(.venv/bin/seenn-server keys create --app demo --type secret --mode test | tail -n 1)"
+  (umask 077 && printf '%s\n' "$key" > "$data/demo-key")
+  echo "Your API key (app 'demo', test mode), shown only this once: $key"
+  echo "It is kept in $data/demo-key (readable by you only)."
+else
+  chmod 600 "$data/demo-key"  # older versions wrote it world-readable
+  echo "Your API key (app 'demo', test mode) is in $data/demo-key."
+fi
 echo "More keys: .venv/bin/seenn-server keys create --app demo --type public --mode test"
 exec .venv/bin/seenn-server serve "$@"

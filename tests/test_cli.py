@@ -3,10 +3,13 @@
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import httpx
 
-from tests.harness import ROOT
+from app.db.embedded import is_root
+from tests.harness import ROOT, TEST_PG_USER, create_database
 from tests.helpers import assert_error
 
 
@@ -67,6 +70,10 @@ def test_public_key_prefix(database_url):
 
 def test_migrate_without_database_url_starts_an_embedded_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("SEENN_DATABASE_URL", "DATABASE_URL")}
+    if is_root():  # the documented opt-in, in a folder its user can reach
+        tmp_path = Path(tempfile.mkdtemp(prefix="seenn-cli-"))
+        tmp_path.chmod(0o711)
+        env["SEENN_EMBEDDED_PG_USER"] = TEST_PG_USER
     env["SEENN_DATA_DIR"] = str(tmp_path / "data")
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "migrate"],
@@ -79,3 +86,17 @@ def test_migrate_without_database_url_starts_an_embedded_server(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()
     assert "up to date" in result.stderr
+
+
+def test_keys_list_and_revoke_create_the_schema_of_a_fresh_database(database_url):
+    fresh = create_database(database_url, "seenn_fresh")
+    env = {"SEENN_DATABASE_URL": fresh}
+    listing = cli("keys", "list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.split() == ["id", "app", "mode", "type", "key", "status"]
+    revoked = cli("keys", "revoke", "01ARZ3NDEKTSV4RRFFQ69G5FAV", env=env)
+    assert revoked.returncode == 1 and "Traceback" not in revoked.stderr
+    assert "no active key" in revoked.stderr
+    for command in (("signing-keys", "list"), ("apps", "show", "--app", "a")):
+        result = cli(*command, env=env)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
