@@ -6,6 +6,8 @@ Each test gets its own app id (and keys), so tests never see each other's data.
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,23 @@ from tests.harness import ServerProcess, create_key, provision_database, start_s
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("seenn")
+
+
+@pytest.fixture
+def reachable_tmp(tmp_path: Path) -> Iterator[Path]:
+    """A folder for an embedded server's data. As root, one under /tmp that the server's
+    system user can enter (pytest's own are 0700), removed afterwards."""
+    from app.db.embedded import is_root
+
+    if not is_root():
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="seenn-tmp-"))
+    folder.chmod(0o711)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

