@@ -102,9 +102,9 @@ async def principal_for_token(request: Request, token: str) -> Principal:
         claims = tokens.verify(token, secret)
     except tokens.TokenInvalid as exc:
         raise Unauthorized(str(exc)) from None
-    # Tokens of an app and mode share one bucket and one SSE cap, as a public key would.
+    # One rate-limit bucket and SSE cap per user: one user cannot use up the app's.
     principal = Principal(
-        f"token:{claims.app_id}:{claims.mode}",
+        f"token:{claims.app_id}:{claims.mode}:{claims.user_id}",
         claims.app_id,
         claims.mode,
         "token",
