@@ -315,3 +315,26 @@ async def test_a_token_only_app_refuses_reads_by_public_key(
 
         cli("apps", "set", "--app", keys.app_id, "--token-only", "off", database_url=database_url)
         assert (await c.get(f"/jobs/{job['id']}", headers=pk)).status_code == 200
+
+
+async def test_the_dashboard_takes_no_token_and_drops_a_token_only_apps_public_key(
+    server, keys, database_url
+) -> None:
+    token = await token_for(server, keys, "u_dash")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        refused = await c.post("/dashboard/login", data={"apiKey": token})
+        assert refused.status_code == 401 and "was not accepted" in refused.text
+        assert "seenn_dashboard" not in refused.headers.get("set-cookie", "")
+
+        signed_in = await c.post("/dashboard/login", data={"apiKey": keys.public})
+        assert signed_in.status_code == 303, signed_in.text
+        assert (await c.get("/dashboard")).status_code == 200
+        token_only = ("apps", "set", "--app", keys.app_id, "--token-only")
+        cli(*token_only, "on", database_url=database_url)
+        try:
+            page = await c.get("/dashboard")  # the session reads nothing any more
+            assert page.status_code == 303 and page.headers["location"] == "/dashboard/login"
+            again = await c.post("/dashboard/login", data={"apiKey": keys.public})
+            assert again.status_code == 403 and "subscriber tokens" in again.text
+        finally:
+            cli(*token_only, "off", database_url=database_url)

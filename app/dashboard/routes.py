@@ -209,6 +209,8 @@ async def login(request: Request) -> Response:
         return _page(request, "login.html", None, 400, error="Enter an API key to sign in.")
     try:
         principal = await deps.principal_for_key(request, key)
+        if principal.is_token:
+            raise Unauthorized("A subscriber token cannot sign in: use an API key")
     except DomainError as exc:
         message = (
             "That API key was not accepted: it is unknown, malformed or revoked. "

@@ -18,6 +18,8 @@ _SESSION = text(
     SELECT s.csrf_token, s.expires_at, k.id AS key_id, k.app_id, k.mode, k.kind, k.key_hint
     FROM dashboard_sessions s JOIN api_keys k ON k.id = s.key_id
     WHERE s.token_hash = :token_hash AND s.expires_at > :now AND k.revoked_at IS NULL
+      AND NOT (k.kind = 'public' AND EXISTS (  -- a token-only app's public keys read nothing
+        SELECT 1 FROM app_settings a WHERE a.app_id = k.app_id AND a.public_keys_token_only))
     """
 )
 
