@@ -143,6 +143,14 @@ def require_user(principal: Principal, user_id: str) -> None:
         raise NotFound(f"No user {user_id!r} in this token's scope", {"userId": user_id})
 
 
+def require_job_id(principal: Principal, user_id: str, job_id: str) -> None:
+    """404 unless the caller may name ``user_id``'s job ``job_id`` (a token limited to
+    some jobs names only those)."""
+    require_user(principal, user_id)
+    if principal.job_ids is not None and job_id not in principal.job_ids:
+        raise JobNotFound(job_id)
+
+
 def require_job(principal: Principal, job: dict[str, Any]) -> None:
     """404 (as for a missing job) unless the caller may read the job row ``job``."""
     if not principal.sees_job(job["user_id"], job["id"], job["parent_job_id"]):

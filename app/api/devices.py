@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from app.api.deps import authenticate, read, write
+from app.api.deps import authenticate, read, require_job_id, require_user, write
 from app.api.docs import ERRORS, Omit
 from app.api.jobs import JobIdPath, Reader
 from app.api.responses import ORJSONResponse
@@ -103,8 +103,10 @@ async def register_live_activity(
 ) -> Any:
     """Register (or replace) a Live Activity's push token for a job of that ``userId``.
 
-    Public keys may call it; a job that is not the user's reads as 404.
+    Public keys and the user's subscriber tokens may call it; a job that is not the user's
+    reads as 404.
     """
+    require_job_id(principal, body.userId, body.jobId)
     out = await write(
         request, principal, lambda s: push.register_live_activity(s.repo, s.owner, body, s.now)
     )
@@ -116,6 +118,7 @@ async def remove_live_activity(
     body: LiveActivityRemoval, request: Request, principal: Reader
 ) -> Any:
     """Forget a Live Activity's push token; ``deleted`` says whether there was one."""
+    require_job_id(principal, body.userId, body.jobId)
     out = await write(
         request, principal, lambda s: push.remove_live_activity(s.repo, s.owner, body)
     )
@@ -127,8 +130,9 @@ async def register_device(body: DeviceRegistration, request: Request, principal:
     """Register (or replace) a device's push token, for alerts and silent pushes.
 
     ``ios``: the APNs device token in hex. ``android`` tokens are stored but not sent to
-    (this server speaks APNs only). Public keys may call it.
+    (this server speaks APNs only). Public keys and the user's subscriber tokens may call it.
     """
+    require_user(principal, body.userId)
     out = await write(
         request, principal, lambda s: push.register_device(s.repo, s.owner, body, s.now)
     )
@@ -138,6 +142,7 @@ async def register_device(body: DeviceRegistration, request: Request, principal:
 @router.delete("/devices", response_model=DeviceRemovedOut, responses=ERRORS)
 async def remove_device(body: DeviceRemoval, request: Request, principal: Reader) -> Any:
     """Forget a device's push token; ``deleted`` says whether there was one."""
+    require_user(principal, body.userId)
     out = await write(request, principal, lambda s: push.remove_device(s.repo, s.owner, body))
     return ORJSONResponse(out)
 

@@ -1,7 +1,7 @@
 """Subscriber tokens: signing keys shared by every replica, and per-app auth settings.
 
 Revision ID: i14_tokens
-Revises: i13_dashboard
+Revises: i12_push
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "i14_tokens"
-down_revision = "i13_dashboard"
+down_revision = "i12_push"
 branch_labels = None
 depends_on = None
 
