@@ -240,8 +240,8 @@ async def test_a_stream_is_told_before_its_token_expires_and_resumes_losslessly(
     for value in (20, 30, 40):
         await progress(client, job["id"], value)
     fresh = await token_for(server, keys, "u_exp")
-    params = {"userId": "u_exp", "access_token": fresh, "lastEventId": str(seen.id)}
-    async with open_sse(server.url, params) as s:
+    params = {"userId": "u_exp", "lastEventId": str(seen.id)}
+    async with open_sse(server.url, params, bearer(fresh)) as s:  # the header works too
         assert (await s.next()).event == "connected"
         missed = await s.take(3)
     assert [m.data["progress"] for m in missed] == [20, 30, 40]
@@ -338,3 +338,22 @@ async def test_the_dashboard_takes_no_token_and_drops_a_token_only_apps_public_k
             assert again.status_code == 403 and "subscriber tokens" in again.text
         finally:
             cli(*token_only, "off", database_url=database_url)
+
+
+async def test_each_users_tokens_have_their_own_rate_limit(database_url, workdir, keys) -> None:
+    env = {"SEENN_RATE_LIMIT_PER_SECOND": "0.01", "SEENN_RATE_LIMIT_BURST": "3"}
+    with running_server(database_url, workdir / "token-limits", env=env) as limited:
+        async with httpx.AsyncClient(base_url=f"{limited.url}/v1", timeout=30) as c:
+            minted = []
+            for user in ("u_a", "u_b"):
+                response = await c.post("/tokens", json={"userId": user}, headers=keys.auth())
+                minted.append(response.json()["token"])
+            first, second = (bearer(t) for t in minted)
+            for _ in range(3):
+                assert (await c.get("/jobs", params={"userId": "u_a"}, headers=first)).is_success
+            refused = await c.get("/jobs", params={"userId": "u_a"}, headers=first)
+            assert_error(refused, 429, "RATE_LIMITED")
+            # Another user's token, and the app's public key, have buckets of their own.
+            assert (await c.get("/jobs", params={"userId": "u_b"}, headers=second)).is_success
+            pk = keys.auth(keys.public)
+            assert (await c.get("/jobs", params={"userId": "u_a"}, headers=pk)).is_success
