@@ -54,7 +54,8 @@ _TARGETS = text(
 # One statement per delivery: an ``end`` supersedes the updates still waiting; an update
 # replaces the payload of one still waiting (a worker's claim, committed first, makes that
 # row no longer pending, and then a new row is inserted); otherwise a new row is due no
-# sooner than MIN_INTERVAL after the last one of the same job, token and kind.
+# sooner than MIN_INTERVAL after the last one of the same job, token and kind. Due times
+# are the database's clock (``now()``), as the workers' claims compare them with it.
 _ENQUEUE = text(
     """
     WITH superseded AS (
@@ -74,10 +75,10 @@ _ENQUEUE = text(
                                      updated_at)
         SELECT :app_id, :mode, :user_id, :device_id, :job_id, :kind, :event, :token,
                :payload, 'pending',
-               CASE WHEN :spaced THEN greatest(:now, (
+               CASE WHEN :spaced THEN greatest(now(), (
                    SELECT max(not_before) FROM push_deliveries
                     WHERE job_id = :job_id AND token = :token AND kind = :kind
-               ) + :interval) ELSE :now END,
+               ) + :interval) ELSE now() END,
                :now, :now
          WHERE NOT EXISTS (SELECT 1 FROM merged)
         RETURNING id
