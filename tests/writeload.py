@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from app.domain.rules import ChildCounts, parent_progress, parent_status
+from tests.oracle import parent_state
 
 State = tuple[str, int]  # (status, progress); progress -1: any (a failed job keeps its own)
 
@@ -231,16 +231,12 @@ async def assert_acknowledged_writes_durable(db: asyncpg.Connection, ledger: Led
     assert not wrong, f"acknowledged states lost (acked, in flight, stored): {wrong[:5]}"
 
 
-_RECOUNT = """
-SELECT p.id, p.child_progress_mode AS mode, p.status, p.progress,
-       p.total_children, p.completed_children, p.failed_children, p.running_children,
-       p.cancelled_children, p.child_progress_sum,
-       count(c.id) FILTER (WHERE c.status = 'completed') AS r_completed,
-       count(c.id) FILTER (WHERE c.status = 'failed') AS r_failed,
-       count(c.id) FILTER (WHERE c.status = 'running') AS r_running,
-       count(c.id) FILTER (WHERE c.status = 'cancelled') AS r_cancelled,
-       coalesce(sum(CASE WHEN c.status = 'completed' THEN 100 ELSE c.progress END), 0)
-           AS r_progress_sum
+_PARENTS = """
+SELECT p.id, p.child_progress_mode AS mode, p.status, p.progress, p.total_children,
+       p.completed_children, p.failed_children, p.running_children, p.cancelled_children,
+       p.child_progress_sum,
+       coalesce(array_agg(c.status) FILTER (WHERE c.id IS NOT NULL), '{}') AS child_statuses,
+       coalesce(array_agg(c.progress) FILTER (WHERE c.id IS NOT NULL), '{}') AS child_progress
 FROM jobs p LEFT JOIN jobs c ON c.parent_job_id = p.id
 WHERE p.app_id = $1 AND p.total_children IS NOT NULL
 GROUP BY p.id
@@ -248,31 +244,33 @@ GROUP BY p.id
 
 
 async def assert_parents_match_recount(db: asyncpg.Connection, app_id: str) -> int:
-    """Every parent's stored counters, progress and status equal a recount of its children.
+    """Every parent's stored counters, progress and status are what the contract's rules
+    (``tests/oracle.py``) give for its children as stored.
 
     Returns the number of parents checked.
     """
-    rows = await db.fetch(_RECOUNT, app_id)
+    rows = await db.fetch(_PARENTS, app_id)
     for r in rows:
-        recount = ChildCounts(
-            total=r["total_children"],
-            completed=r["r_completed"],
-            failed=r["r_failed"],
-            running=r["r_running"],
-            cancelled=r["r_cancelled"],
-            progress_sum=int(r["r_progress_sum"]),
-        )
-        stored = ChildCounts(
-            total=r["total_children"],
-            completed=r["completed_children"],
-            failed=r["failed_children"],
-            running=r["running_children"],
-            cancelled=r["cancelled_children"],
-            progress_sum=r["child_progress_sum"],
-        )
-        assert stored == recount, (r["id"], stored, recount)
-        assert r["progress"] == parent_progress(r["mode"], recount), dict(r)
-        assert r["status"] == parent_status(recount), dict(r)
+        children = list(zip(r["child_statuses"], r["child_progress"], strict=True))
+        expected = parent_state(r["mode"], r["total_children"], children)
+        counters = expected["children"]
+        assert isinstance(counters, dict)
+        stored = {
+            "status": r["status"],
+            "progress": r["progress"],
+            "completed": r["completed_children"],
+            "failed": r["failed_children"],
+            "running": r["running_children"],
+            "cancelled": r["cancelled_children"],
+        }
+        want = {
+            "status": expected["status"],
+            "progress": expected["progress"],
+            **{k: counters[k] for k in ("completed", "failed", "running", "cancelled")},
+        }
+        assert stored == want, (r["id"], stored, want, children)
+        points = sum(100 if s == "completed" else p for s, p in children)
+        assert r["child_progress_sum"] == points, (r["id"], r["child_progress_sum"], points)
     return len(rows)
 
 
