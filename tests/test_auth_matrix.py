@@ -1,7 +1,7 @@
 """Who may call what: every ``/v1`` endpoint against every bad or foreign credential.
 
-The operations come from the server's own OpenAPI document, so a new endpoint fails
-``test_every_documented_operation_is_in_the_matrix`` until it is added here.
+Every test runs the whole matrix below; a new documented endpoint fails
+``test_the_matrix_is_exactly_the_routed_operations`` until it is added here.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from app.domain.keys import generate_key
 from tests.conftest import AppKeys, make_app
 from tests.harness import ServerProcess, create_key
 from tests.helpers import complete, create_child, create_job, create_parent
+from tests.sse_client import open_sse
 
 USER = "matrix_user"
 JOB_TYPE = "auth-matrix"
@@ -101,7 +102,8 @@ OPERATIONS: dict[tuple[str, str], Callable[[World], Request]] = {
     ("GET", "/v1/jobs/{job_id}/pushes"): lambda w: ("GET", f"/jobs/{w.job['id']}/pushes", None),
     ("POST", "/v1/tokens"): lambda w: ("POST", "/tokens", {"userId": USER}),
 }
-STREAMING = {("GET", "/v1/sse")}  # opened only with credentials that must fail
+STREAMING = {("GET", "/v1/sse")}  # opened and closed at once (tests/test_sse.py reads them)
+SSE_QUERY_KEYS = {"apiKey", "key"}  # the stream's query-string key parameters
 # The apps register their own push tokens with their public key.
 PUBLIC_WRITES = {
     ("POST", "/v1/devices/live-activity"),
@@ -137,28 +139,38 @@ async def world(client: httpx.AsyncClient, keys: AppKeys) -> World:
 
 
 @pytest.fixture
-async def operations(anon: httpx.AsyncClient) -> list[tuple[str, str]]:
-    """The operations this server has: documented ones, plus SSE if it is routed."""
+def operations() -> list[tuple[str, str]]:
+    """Every operation of the matrix: all of them are checked, documented or not."""
+    return list(OPERATIONS)
+
+
+async def documented(anon: httpx.AsyncClient) -> set[tuple[str, str]]:
     document = (await anon.get(str(anon.base_url.copy_with(path="/openapi.json")))).json()
-    ops = [
+    return {
         (method.upper(), path)
         for path, item in document["paths"].items()
         if path.startswith("/v1/")
         for method in item
         if method in ("get", "post", "put", "patch", "delete")
-    ]
-    if ("GET", "/v1/sse") not in ops:
-        probe = await anon.get("/sse", params={"userId": USER})
-        if probe.status_code != 404:
-            ops.append(("GET", "/v1/sse"))
-    return ops
+    }
 
 
 async def call(
     client: httpx.AsyncClient, world: World, op: tuple[str, str], headers: dict[str, str]
 ) -> httpx.Response:
     method, path, body = OPERATIONS[op](world)
+    if op in STREAMING:
+        return await opened(client, method, path, headers)
     return await client.request(method, path, json=body, headers=headers)
+
+
+async def opened(
+    client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """Open a stream and close it at once: its status and headers (and body unless 200)."""
+    async with client.stream(method, url, headers=headers or {}) as r:
+        body = await r.aread() if r.status_code != 200 else b""
+        return httpx.Response(r.status_code, headers=r.headers, content=body)
 
 
 def expect(response: httpx.Response, status: int, code: str, where: str, errors: list[str]) -> None:
@@ -193,9 +205,17 @@ async def device_state(db: asyncpg.Connection, world: World) -> tuple[Any, ...]:
     return tuple(live), tuple(devices)
 
 
-def test_every_documented_operation_is_in_the_matrix(operations: list[tuple[str, str]]) -> None:
-    assert set(operations) <= set(OPERATIONS), set(operations) - set(OPERATIONS)
-    assert ("POST", "/v1/jobs") in operations
+async def test_the_matrix_is_exactly_the_routed_operations(
+    anon: httpx.AsyncClient, world: World
+) -> None:
+    """A new documented operation must join the matrix; one that leaves the document is
+    still checked (every test runs the whole matrix) and must still be routed."""
+    listed = await documented(anon)
+    assert listed <= set(OPERATIONS), listed - set(OPERATIONS)
+    assert ("POST", "/v1/jobs") in listed
+    for op in set(OPERATIONS) - listed:  # undocumented, yet routed: it asks for a key
+        expect_401 = await call(anon, world, op, {})
+        assert expect_401.status_code == 401, (op, expect_401.text[:200])
 
 
 async def test_missing_malformed_unknown_and_revoked_keys_get_401_everywhere(
@@ -254,8 +274,6 @@ async def test_a_public_key_or_token_reads_but_gets_403_on_every_write(
     before = (await a_state(db, world))[:2]
     errors: list[str] = []
     for op in operations:
-        if op in STREAMING:
-            continue
         response = await call(anon, world, op, headers)
         if op in PUBLIC_WRITES:
             if response.status_code not in (200, 201):
@@ -289,12 +307,12 @@ async def test_keys_of_another_app_or_mode_see_and_change_nothing(
     before = await a_state(db, world)
     errors: list[str] = []
     for op in operations:
-        if op in STREAMING:
-            continue
         body = OPERATIONS[op](world)[2]
         response = await call(anon, world, op, headers)
         where = f"{op} {intruder}"
-        if op == ("DELETE", "/v1/devices"):  # the intruder's own registration (above), if any
+        if op in STREAMING:
+            expect_stream_of_nothing_of_a(response, where, errors)
+        elif op == ("DELETE", "/v1/devices"):  # the intruder's own registration (above), if any
             if response.status_code != 200:
                 errors.append(f"{where}: expected 200, got {response.text[:200]}")
         elif op == ("DELETE", "/v1/devices/live-activity"):
@@ -327,6 +345,30 @@ async def test_keys_of_another_app_or_mode_see_and_change_nothing(
                     errors.append(f"{where}: 404 without details.id")
     assert not errors, "\n".join(errors)
     assert await a_state(db, world) == before
+    # The intruder's stream of the same user id carries nothing of app A: its own write
+    # (the sentinel) is the first event it gets; A's unfinished jobs are never synced.
+    writer = world.keys.live_secret if intruder == "another mode" else other.secret
+    async with open_sse(anon_url(anon), {"userId": USER}, headers) as stream:
+        assert (await stream.next()).event == "connected"
+        async with httpx.AsyncClient(
+            base_url=str(anon.base_url), headers={"Authorization": f"Bearer {writer}"}
+        ) as own:
+            sentinel = await create_job(own, userId=USER)
+        first = await stream.next(wait=30)
+    assert first is not None and (first.event, first.data["jobId"]) == (
+        "job.started",
+        sentinel["id"],
+    ), first
+
+
+def anon_url(client: httpx.AsyncClient) -> str:
+    return str(client.base_url.copy_with(path="")).rstrip("/")
+
+
+def expect_stream_of_nothing_of_a(response: httpx.Response, where: str, errors: list[str]) -> None:
+    """A foreign key opens its own stream (200): what it carries is checked separately."""
+    if response.status_code != 200:
+        errors.append(f"{where}: expected a stream of its own, got {response.status_code}")
 
 
 @pytest.mark.parametrize("name", ["apiKey", "api_key", "key", "token", "access_token"])
@@ -340,13 +382,20 @@ async def test_a_key_in_the_query_string_is_refused_outside_sse(
     before = await a_state(db, world)
     errors: list[str] = []
     for op in operations:
-        if op in STREAMING:
-            continue
         method, path, body = OPERATIONS[op](world)
         joiner = "&" if "?" in path else "?"
         for key in (world.keys.secret, f"Bearer {world.keys.secret}"):
             url = f"{path}{joiner}{httpx.QueryParams({name: key})}"
-            response = await anon.request(method, url, json=body)
+            if op not in STREAMING:
+                response = await anon.request(method, url, json=body)
+            elif name in SSE_QUERY_KEYS and key == world.keys.secret:
+                # EventSource cannot send headers: the stream takes a bare key here.
+                response = await opened(anon, method, url)
+                if response.status_code != 200:
+                    errors.append(f"{op} ?{name}=: expected 200, got {response.text[:200]}")
+                continue
+            else:
+                response = await opened(anon, method, url)
             expect(response, 401, "UNAUTHORIZED", f"{op} ?{name}=", errors)
     assert not errors, "\n".join(errors)
     assert await a_state(db, world) == before
