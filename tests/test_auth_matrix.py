@@ -103,7 +103,7 @@ OPERATIONS: dict[tuple[str, str], Callable[[World], Request]] = {
     ("POST", "/v1/tokens"): lambda w: ("POST", "/tokens", {"userId": USER}),
 }
 STREAMING = {("GET", "/v1/sse")}  # opened and closed at once (tests/test_sse.py reads them)
-SSE_QUERY_KEYS = {"apiKey", "key"}  # the stream's query-string key parameters
+SSE_QUERY_KEYS = {"apiKey", "key", "access_token"}  # the stream's query-string credentials
 # The apps register their own push tokens with their public key.
 PUBLIC_WRITES = {
     ("POST", "/v1/devices/live-activity"),
