@@ -32,16 +32,6 @@ class Subscriber:
     refused: list[int] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def unique(self) -> list[Received]:
-        """Events in arrival order, each id once (at-least-once delivery may repeat some)."""
-        seen: set[str] = set()
-        out = []
-        for e in self.events:
-            if e.id not in seen:
-                seen.add(e.id)
-                out.append(e)
-        return out
-
     async def run(self) -> None:
         timeout = httpx.Timeout(10, read=60)
         async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout) as client:
