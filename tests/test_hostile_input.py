@@ -352,16 +352,33 @@ async def target(client: httpx.AsyncClient) -> Target:
     return Target(job, parent, child)
 
 
-async def _snapshot(db: asyncpg.Connection, app_id: str) -> Any:
-    """The app's rows and every table's row count."""
+async def _mark(db: asyncpg.Connection) -> tuple[Any, int]:
+    """A point to count new rows from: the time (to the millisecond, as the server stores
+    it), and the newest event stream."""
+    row = await db.fetchrow(
+        "SELECT date_trunc('milliseconds', now()) AS at,"
+        " coalesce((SELECT max(stream_id) FROM event_streams), 0) AS stream"
+    )
+    return row["at"], row["stream"]
+
+
+async def _snapshot(db: asyncpg.Connection, app_id: str, mark: tuple[Any, int]) -> Any:
+    """The app's rows, and the rows added anywhere since ``mark``.
+
+    Only additions are counted database-wide: the session server's sweeper may delete
+    other tests' expired rows at any moment, so whole-table counts could change by
+    themselves.
+    """
     jobs = await db.fetch("SELECT * FROM jobs WHERE app_id = $1 ORDER BY id", app_id)
     streams = await db.fetch(
         "SELECT stream_id, last_seq FROM event_streams WHERE app_id = $1 ORDER BY 1", app_id
     )
     counts = await db.fetchrow(
-        "SELECT (SELECT count(*) FROM jobs) AS jobs, (SELECT count(*) FROM events) AS events,"
-        " (SELECT count(*) FROM event_streams) AS streams,"
-        " (SELECT count(*) FROM api_keys) AS keys"
+        "SELECT (SELECT count(*) FROM jobs WHERE created_at >= $1) AS jobs,"
+        " (SELECT count(*) FROM events WHERE created_at >= $1) AS events,"
+        " (SELECT count(*) FROM event_streams WHERE stream_id > $2) AS streams,"
+        " (SELECT count(*) FROM api_keys WHERE created_at >= $1) AS keys",
+        *mark,
     )
     return [tuple(r) for r in jobs], [tuple(r) for r in streams], tuple(counts)
 
@@ -382,7 +399,8 @@ async def test_hostile_request_is_rejected_with_envelope_and_changes_nothing(
     name: str, client: httpx.AsyncClient, db: asyncpg.Connection, keys: AppKeys, target: Target
 ) -> None:
     case = CASES[name]
-    before = await _snapshot(db, keys.app_id)
+    mark = await _mark(db)
+    before = await _snapshot(db, keys.app_id, mark)
     if case.raw is not None:
         content = case.raw
     elif case.body is not None or case.method == "POST":
@@ -395,7 +413,7 @@ async def test_hostile_request_is_rejected_with_envelope_and_changes_nothing(
         assert_error(response, 404, "NOT_FOUND")  # a path that names no route
     else:
         assert_error(response, case.status, case.code)
-    assert await _snapshot(db, keys.app_id) == before, name
+    assert await _snapshot(db, keys.app_id, mark) == before, name
 
 
 async def test_chunked_body_over_limit_is_413_and_changes_nothing(
@@ -403,7 +421,8 @@ async def test_chunked_body_over_limit_is_413_and_changes_nothing(
 ) -> None:
     """A body with no Content-Length is counted as it streams in; the client that keeps
     sending still receives the 413 (the server reads and drops the rest first)."""
-    before = await _snapshot(db, keys.app_id)
+    mark = await _mark(db)
+    before = await _snapshot(db, keys.app_id, mark)
     url = httpx.URL(server.url)
     reader, writer = await asyncio.open_connection(url.host, url.port)
     writer.write(
@@ -423,7 +442,7 @@ async def test_chunked_body_over_limit_is_413_and_changes_nothing(
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
     assert orjson.loads(body)["error"]["code"] == "PAYLOAD_TOO_LARGE"
-    assert await _snapshot(db, keys.app_id) == before
+    assert await _snapshot(db, keys.app_id, mark) == before
 
 
 @pytest.mark.parametrize("attack", INJECTIONS)
@@ -432,7 +451,8 @@ async def test_injection_strings_are_stored_verbatim_and_reach_nothing_else(
 ) -> None:
     """Valid strings that look like SQL are data: stored and returned unchanged, never run."""
     other = await create_job(client, userId="someone_else")
-    counts_before = (await _snapshot(db, keys.app_id))[2]
+    mark = await _mark(db)
+    counts_before = (await _snapshot(db, keys.app_id, mark))[2]
     job = await create_job(
         client,
         userId=attack,
@@ -455,6 +475,6 @@ async def test_injection_strings_are_stored_verbatim_and_reach_nothing_else(
     assert tuple(stored) == (attack, attack)
     # Exactly one job and its events were added; the other user's job is untouched.
     jobs_before, events_before = counts_before[0], counts_before[1]
-    counts_after = (await _snapshot(db, keys.app_id))[2]
+    counts_after = (await _snapshot(db, keys.app_id, mark))[2]
     assert counts_after[0] == jobs_before + 1 and counts_after[1] == events_before + 2
     assert (await client.get(f"/jobs/{other['id']}")).json() == other

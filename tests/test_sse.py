@@ -50,6 +50,19 @@ def tuned(database_url, workdir):
     proc.stop()
 
 
+def _queued(stream) -> list:
+    """The messages received but not yet taken, left in place."""
+    return list(stream.messages._queue)  # noqa: SLF001 - a test's look at its own queue
+
+
+async def _stream_last_seq(db, keys, user: str) -> int:
+    return await db.fetchval(
+        "SELECT last_seq FROM event_streams WHERE app_id=$1 AND mode='test' AND user_id=$2",
+        keys.app_id,
+        user,
+    )
+
+
 async def _stream_id(db, keys, user: str, mode: str = "test") -> int:
     return await db.fetchval(
         "SELECT stream_id FROM event_streams WHERE app_id=$1 AND mode=$2 AND user_id=$3",
@@ -134,8 +147,11 @@ async def test_resume_gets_exactly_the_missed_events(server, keys, client, how) 
         assert live.data["progress"] == 50
         ids = [int(m.id) for m in [*missed, live]]
         assert ids == list(range(int(seen.id) + 1, int(seen.id) + 5))
-        with pytest.raises(TimeoutError):  # nothing duplicated at the seam
-            await s.next(wait=1.5, skip=("heartbeat",))
+        # Nothing duplicated at the seam: the next message is a sentinel written now.
+        await progress(client, job["id"], 60)
+        sentinel = await s.next(skip=("heartbeat",))
+        assert (sentinel.event, sentinel.id) == ("job.progress", str(ids[-1] + 1))
+        assert sentinel.data["progress"] == 60
 
 
 async def test_unknown_or_pruned_id_gets_job_sync(server, keys, client, db) -> None:
@@ -179,8 +195,10 @@ async def test_isolation_between_apps_modes_users(server, keys, client, database
         mine = await create_job(client, userId="u_iso")
         (first,) = await s.take(1)
         assert first.data["jobId"] == mine["id"]
-        with pytest.raises(TimeoutError):
-            await s.next(wait=1.0, skip=("heartbeat",))
+        # A sentinel: whatever else the stream would carry arrives before it.
+        sentinel = await create_job(client, userId="u_iso")
+        after = await s.next(skip=("heartbeat",))
+        assert (after.event, after.data["jobId"]) == ("job.started", sentinel["id"])
 
 
 async def test_write_on_one_replica_reaches_the_other(server, tuned, keys, client) -> None:
@@ -261,9 +279,16 @@ async def test_reader_never_skips_an_uncommitted_event(server, keys, client, db)
             f'{{"jobId":"{job["id"]}","progress":1}}',
         )
         later = asyncio.create_task(progress(client, job["id"], 60))
-        with pytest.raises(TimeoutError):  # the later write cannot become visible first
-            await s.next(wait=1.0, skip=("heartbeat", "job.sync"))
+        # The later write waits on the stream counter the test holds, so it cannot become
+        # visible first: once it is seen waiting, nothing has reached the stream.
+        while not await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND application_name = 'seenn-server'"
+        ):
+            assert not later.done(), later.result()
+            await asyncio.sleep(0.05)
         assert not later.done()
+        assert [m for m in _queued(s) if m.event not in ("heartbeat", "job.sync")] == []
         await tx.commit()
         await later
         got = await s.take(2)
@@ -297,15 +322,17 @@ async def test_concurrent_writers_and_flapping_subscriber(server, keys, client, 
                     last = m.id
                 assert seen == sorted(seen)
                 received.extend(seen)
-        # A final resume collects the tail.
+        # A final resume collects the tail, up to the stream's last event (known once the
+        # writers are done) and one sentinel after it: anything repeated comes before that.
         headers = keys.auth(keys.public)
         if last is not None:
             headers["Last-Event-ID"] = last
         async with open_sse(server.url, {"userId": user}, headers) as s:
+            await progress(client, jobs[0]["id"], 99)  # the sentinel
+            final = await _stream_last_seq(db, keys, user)
             while True:
-                try:
-                    m = await s.next(wait=1.5, skip=("heartbeat", "connected", "job.sync"))
-                except TimeoutError:
+                (m,) = await s.take(1)
+                if int(m.id) == final:
                     break
                 received.append(int(m.id))
 
@@ -325,7 +352,7 @@ async def test_concurrent_writers_and_flapping_subscriber(server, keys, client, 
         for r in await db.fetch(
             "SELECT seq FROM events WHERE stream_id=$1 AND seq >= $2 ORDER BY seq", sid, first_live
         )
-    ]
+    ][:-1]  # without the sentinel
     assert len(expected) == 60
     assert sorted(received) == expected, "every event exactly once"
     assert len(received) == len(set(received))

@@ -152,8 +152,9 @@ async def test_two_sweepers_at_once_delete_exactly_the_expired_jobs_and_their_ev
 
     assert await present(db, doomed) == set()
     assert await events_of(db, doomed) == 0
+    # Which sweeper took which batch is up to the scheduler (one may take them all); the
+    # results count other tests' expired rows too, so only a lower bound holds.
     assert sum(r.jobs + r.children for r in results) >= len(doomed)
-    assert all(r.jobs > 0 for r in results), "both sweepers should have taken batches"
     after = await db.fetch("SELECT * FROM jobs WHERE id = ANY($1) ORDER BY id", kept)
     assert after == kept_rows
     assert await events_of(db, kept) == kept_events
