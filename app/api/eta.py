@@ -18,7 +18,7 @@ from app.domain.errors import ValidationFailed
 
 router = APIRouter(tags=["eta"], route_class=OrjsonRoute)
 
-_KEY_MAX = 100
+_KEY_MAX = 100 + len(eta.PARENT_SUFFIX)  # a workflowId or jobType, "#parent" for a parent
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -28,7 +28,10 @@ EtaKeyPath = Annotated[
         min_length=1,
         max_length=_KEY_MAX,
         pattern="^[^\\x00-\\x1f\\x7f]+$",
-        description="The ETA key (workflowId or jobType), URL-encoded; may contain '/'",
+        description=(
+            "The ETA key (workflowId or jobType; a parent's ends in '#parent'), URL-encoded;"
+            " may contain '/'"
+        ),
     ),
 ]
 
@@ -57,7 +60,7 @@ class EtaResetOut(BaseModel):
 
 
 def checked_key(eta_key: str) -> str:
-    """A key as jobs can have it: 1-100 characters, no control characters; else 400."""
+    """A key as jobs can have it: 1-107 characters, no control characters; else 400."""
     if not 1 <= len(eta_key) <= _KEY_MAX or _CONTROL.search(eta_key):
         raise ValidationFailed(
             f"etaKey must be 1-{_KEY_MAX} characters without control characters",

@@ -95,13 +95,15 @@ _FIND_CHILD = select(jobs).where(
 _FIND_KEY = select(api_keys).where(api_keys.c.key_hash == bindparam("key_hash"))
 
 # A locked job comes with its ETA key's statistics (LEFT JOIN: none yet), so a progress
-# write needs no separate read of ``eta_stats``. ``eta_*`` columns are split off the row.
+# write needs no separate read of ``eta_stats`` (a parent's key ends in ``#parent``, see
+# ``app.domain.eta``). ``eta_*`` columns are split off the row.
 _WITH_ETA = """
     SELECT j.*, s.count AS eta_count, s.digest AS eta_digest,
            s.default_duration AS eta_default_duration
     FROM jobs j LEFT JOIN eta_stats s
       ON s.app_id = j.app_id AND s.mode = j.mode
      AND s.eta_key = coalesce(nullif(j.workflow_id, ''), j.job_type)
+                     || CASE WHEN j.total_children IS NULL THEN '' ELSE '#parent' END
 """
 # Declared result columns let SQLAlchemy cache the result metadata with the statement.
 _JOINED = (

@@ -103,7 +103,7 @@ eta_stats = Table(
     metadata,
     Column("app_id", String(100), primary_key=True),
     Column("mode", String(4), primary_key=True),
-    Column("eta_key", String(100), primary_key=True),
+    Column("eta_key", String(120), primary_key=True),  # a job key + "#parent"
     Column("count", BigInteger, nullable=False),
     Column("sum_duration", Double, nullable=False),
     Column("min_duration", BigInteger),

@@ -1,53 +1,65 @@
-"""Pure ETA maths: bounded per-key duration statistics and the remaining-time estimate.
+"""Pure ETA maths: bounded per-key statistics, the remaining-time estimate and its confidence.
 
 Nothing here touches the database or the clock; ``app.domain.eta`` feeds it rows and times.
+The model and its sources are described in docs/eta.md.
 
 State per ETA key (the ``eta_stats.digest`` jsonb), all of fixed maximum size:
 - ``h``: a log-bucketed histogram of durations (bucket ratio ``GAMMA``, so every percentile
-  is within about 1 % of the true value; at most ``MAX_BUCKET + 1`` buckets, in practice a
-  few dozen), giving p50/p95 over all completions since the last reset;
-- ``lm``/``lv``: an exponentially weighted mean and variance of log(duration), so that the
-  estimate follows a workflow whose speed changed instead of averaging over its whole past;
-- ``c``: the learned progress curve: for each decile of progress (10 %, ..., 90 %), the
-  weighted mean and variance of log(fraction of the duration elapsed when it was reached),
-  plus the scored error of the pace forecast made there and its covariance with the
-  history forecast's error (``pe``), which set the blending weights.
+  is within about 1 % of the true value; at most ``MAX_BUCKET + 1`` buckets), giving p50/p95
+  over all completions since the last reset;
+- ``lm``/``lv``: an exponentially weighted mean and variance of log(duration);
+- ``r``: the profiles of the last ``RESERVOIR`` completed jobs: duration (ms) and the share
+  of it elapsed when each decile of progress (10 %, ..., 90 %) was first reached;
+- ``s``: per decile (0 = before any progress), the moving squared log-error of each
+  candidate forecast and the moving rate at which the blended estimate landed within
+  ``TOLERANCE`` of the truth, both scored on each completed job *before* it is learned
+  from (prequential scoring): the blend weights and the confidence;
+- ``w``: the moving mean queue wait (creation to processing start) in ms.
 
 Per job (``jobs.eta_state``) we keep the elapsed milliseconds at which each decile was
-first reached, so a completion can teach the key its curve.
+first reached, so a completion can teach the key its profile.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 GAMMA = 1.02
 _LOG_GAMMA = math.log(GAMMA)
 MAX_BUCKET = 1200  # GAMMA**1200 ms is about 243 days: longer durations share the last bucket
 DECILES = tuple(range(10, 100, 10))
+SCORED_AT = (0, *DECILES)  # progress values at which past jobs' estimates are scored
 HISTORY_MIN = 5  # completions needed before history is trusted (CONTRACT.md, "use 5")
-FULL_CONFIDENCE = 50
+FULL_CONFIDENCE = 50  # /v1/eta's sample-size confidence: min(count / 50, 1)
+RESERVOIR = 30  # job profiles kept per key (the most recent ones)
+TOLERANCE = 0.2  # etaConfidence: probability of landing within ±20 % of the remaining time
+CANDIDATES = ("rate", "shape", "analog", "history")
 # Weight of the newest sample in the moving statistics once a key has this many samples:
 # 1/n (a plain average) until then, so early history is not dominated by one job.
 _EW_WINDOW = 10
 _ERR_WINDOW = 20
 _MIN_FRACTION = 1e-3  # a decile reached "instantly" still counts as 0.1 % of the duration
+_PRIOR_MSE = 0.25  # squared log-error assumed for an unscored forecast (one pseudo-job)
+_MSE_FLOOR = 0.0025  # never trust one forecast completely (5 % in log terms)
+_SHARPNESS = 1.0
+_BANDWIDTH = 0.9  # Silverman's factor for the analog kernel's bandwidth
+_PRIOR_HITS = 2.0  # pseudo-observations at 50 % behind the confidence
 
-# Assumed uncertainties where nothing has been learned yet (variances of log-duration):
-# a caller's estimatedDuration is a guess (about +-50 %), and the plain rate rule's
-# extrapolation error shrinks as progress grows, as (100 - p) / p.
+# Assumed uncertainties for a cold key (variances of log-duration): a caller's
+# estimatedDuration is a guess (about +-50 %), and the plain rate rule's extrapolation
+# error shrinks as progress grows, as (100 - p) / p.
 _GUESS_VAR = 0.25
 _PLAIN_RATE_VAR = 0.25
-_VAR_FLOOR = 0.0025  # never trust one source completely (5 % in log terms)
+_VAR_FLOOR = 0.0025
 
 
 # --- per-key statistics ----------------------------------------------------------------
 
 
 def empty_digest() -> dict[str, Any]:
-    return {"v": 1, "h": {}, "n": 0, "lm": 0.0, "lv": 0.0, "c": {}}
+    return {"v": 2, "h": {}, "n": 0, "lm": 0.0, "lv": 0.0, "r": [], "s": {}, "w": [0.0, 0]}
 
 
 def bucket_of(duration_ms: int) -> int:
@@ -89,49 +101,82 @@ def _ew_update(mean: float, var: float, n: int, x: float) -> tuple[float, float]
     return mean, var
 
 
-def _ew_mean(mean: float, n: int, x: float) -> float:
-    """A moving mean of squared errors (a longer window: second moments need more data)."""
-    return mean + (x - mean) / min(n, _ERR_WINDOW)
+def _ew_mean(pair: list[Any] | None, x: float) -> list[float]:
+    """A moving mean ``[mean, n]`` over about the last ``_ERR_WINDOW`` values, updated."""
+    mean, n = (float(pair[0]), int(pair[1])) if pair else (0.0, 0)
+    n += 1
+    return [mean + (x - mean) / min(n, _ERR_WINDOW), n]
 
 
-def record(digest: dict[str, Any], duration_ms: int, milestones: dict[str, Any] | None) -> None:
+def _profile(duration_ms: int, milestones: dict[str, Any] | None) -> list[float]:
+    """``[duration, f10, ..., f90]``: the share of the duration elapsed at each decile."""
+    marks = milestones or {}
+    shares: list[float] = []
+    for decile in DECILES:
+        elapsed = marks.get(str(decile))
+        share = decile / 100 if elapsed is None else float(elapsed) / duration_ms
+        floor = shares[-1] if shares else _MIN_FRACTION  # never earlier than the decile before
+        shares.append(round(min(1.0, max(floor, share)), 4))
+    return [duration_ms, *shares]
+
+
+def record(
+    digest: dict[str, Any],
+    duration_ms: int,
+    milestones: dict[str, Any] | None,
+    wait_ms: float = 0.0,
+) -> None:
     """Fold one completed job into ``digest`` (in place).
 
-    Before learning from the job, the forecasts the key would have made for it (from
-    history alone, and from each decile's pace) are scored against its real duration; the
-    moving squared errors and their covariance decide later how to weigh the two.
+    Before learning from the job, the estimates the key would have shown at each decile
+    (from the job's own milestones) are scored against its real remaining time: the
+    squared log-error of each candidate forecast and whether the blend landed within
+    ``TOLERANCE``. These moving scores set the blend weights and the confidence.
     """
     duration_ms = max(1, duration_ms)
+    if int(digest.get("v", 1)) < 2:  # a digest from before profiles: keep its histogram
+        for old in ("c", "pe"):
+            digest.pop(old, None)
+        digest.update({k: v for k, v in empty_digest().items() if k not in ("h", "n")})
+    _score(digest, duration_ms, milestones or {})
     log_duration = math.log(duration_ms)
     hist: dict[str, int] = digest.setdefault("h", {})
     key = str(bucket_of(duration_ms))
     hist[key] = int(hist.get(key, 0)) + 1
     n = int(digest.get("n", 0)) + 1
-    prior_error = log_duration - float(digest["lm"]) if n > 1 else None
-    if prior_error is not None:
-        mse, count = digest.get("pe", [0.0, 0])
-        count = int(count) + 1
-        digest["pe"] = [_ew_mean(float(mse), count, prior_error**2), count]
     digest["n"] = n
     digest["lm"], digest["lv"] = _ew_update(
         float(digest.get("lm", 0.0)), float(digest.get("lv", 0.0)), n, log_duration
     )
-    curve: dict[str, list[float]] = digest.setdefault("c", {})
-    for decile in DECILES:
-        elapsed = (milestones or {}).get(str(decile))
+    digest["w"] = _ew_mean(digest.get("w"), max(0.0, wait_ms))
+    reservoir: list[list[float]] = digest.setdefault("r", [])
+    reservoir.append(_profile(duration_ms, milestones))
+    del reservoir[:-RESERVOIR]
+
+
+def _score(digest: dict[str, Any], duration_ms: int, milestones: dict[str, Any]) -> None:
+    reservoir = digest.get("r") or []
+    if len(reservoir) < 2:
+        return
+    scores: dict[str, dict[str, Any]] = digest.setdefault("s", {})
+    model = Model(reservoir, scores)
+    for decile in SCORED_AT:
+        elapsed = 0.0 if decile == 0 else milestones.get(str(decile))
         if elapsed is None:
             continue
-        log_fraction = math.log(min(1.0, max(_MIN_FRACTION, float(elapsed) / duration_ms)))
-        mean, var, count, mse, cov, scored = curve.get(str(decile), [0.0, 0.0, 0, 0.0, 0.0, 0])
-        if int(count) > 0 and prior_error is not None:
-            # The pace forecast at this decile was log(elapsed) - mean; its error:
-            pace_error = float(mean) - log_fraction
-            scored = int(scored) + 1
-            mse = _ew_mean(float(mse), scored, pace_error**2)
-            cov = _ew_mean(float(cov), scored, pace_error * prior_error)
-        count = int(count) + 1
-        mean, var = _ew_update(float(mean), float(var), count, log_fraction)
-        curve[str(decile)] = [mean, var, count, mse, cov, scored]
+        truth = duration_ms - float(elapsed)
+        if truth < 0.01 * duration_ms:
+            continue
+        forecasts = model.candidates(decile, float(elapsed))
+        if not forecasts:
+            continue
+        blended = model.blend(decile, forecasts)
+        entry = scores.setdefault(str(decile), {})
+        log_truth = math.log(truth)
+        for name, value in forecasts.items():
+            entry[name] = _ew_mean(entry.get(name), (value - log_truth) ** 2)
+        hit = abs(math.exp(blended) - truth) <= TOLERANCE * truth
+        entry["hit"] = _ew_mean(entry.get("hit"), 1.0 if hit else 0.0)
 
 
 def milestones_after(
@@ -141,10 +186,10 @@ def milestones_after(
     since_ms: float,
     now_ms: float,
 ) -> dict[str, Any]:
-    """The job's milestones once progress moved ``before`` → ``after`` between two times.
+    """The job's ETA state once progress moved ``before`` → ``after`` between two times.
 
     ``since_ms``/``now_ms`` are elapsed times of the previous and this update; a decile
-    crossed in between is placed by linear interpolation.
+    crossed in between is placed by linear interpolation. Other keys of ``state`` are kept.
     """
     marks: dict[str, Any] = dict((state or {}).get("m", {}))
     if after > before:
@@ -152,7 +197,108 @@ def milestones_after(
             if before < decile <= after and str(decile) not in marks:
                 share = (decile - before) / (after - before)
                 marks[str(decile)] = round(since_ms + share * (now_ms - since_ms))
-    return {"m": marks}
+    return {**(state or {}), "m": marks}
+
+
+# --- the learned model -------------------------------------------------------------------
+
+
+def _share_at(profile: list[float], progress: float) -> float:
+    """The share of a past job's duration elapsed when it reached ``progress`` (0..100)."""
+    if progress >= 100:
+        return 1.0
+    position = progress / 10
+    low = int(position)
+    start = 0.0 if low == 0 else float(profile[low])
+    end = 1.0 if low == 9 else float(profile[low + 1])
+    return max(_MIN_FRACTION, start + (position - low) * (end - start))
+
+
+def _log_left(share: float) -> float:
+    """log((1 - share) / share): remaining time per unit of elapsed time."""
+    return math.log(max(1.0 - share, _MIN_FRACTION) / share)
+
+
+def _kernel_mean(distances: list[float], values: list[float]) -> float:
+    """Nadaraya-Watson: ``values`` weighted by a Gaussian kernel on ``distances`` from 0,
+    with Silverman's rule-of-thumb bandwidth (0.9 σ n^-1/5)."""
+    mean = math.fsum(distances) / len(distances)
+    spread = math.sqrt(math.fsum((d - mean) ** 2 for d in distances) / len(distances))
+    width = max(0.05, _BANDWIDTH * spread * len(distances) ** -0.2)
+    exponents = [-0.5 * (d / width) ** 2 for d in distances]
+    top = max(exponents)
+    weights = [math.exp(x - top) for x in exponents]
+    return math.fsum(w * v for w, v in zip(weights, values, strict=True)) / math.fsum(weights)
+
+
+@dataclass
+class Model:
+    """A key's job profiles and forecast scores, with the forecasts they give."""
+
+    profiles: list[list[float]]
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def candidates(self, progress: float, elapsed_ms: float) -> dict[str, float]:
+        """Log remaining milliseconds by each forecast that applies.
+
+        - ``rate``: the plain rule, (100 - p) / p of the time elapsed;
+        - ``shape``: the key's mean progress profile: past jobs' share of time elapsed at
+          ``p`` scales the elapsed time (a slow start or a long tail is expected);
+        - ``analog``: the same, weighted by a kernel on how close each past job's time at
+          ``p`` is to this job's (jobs of this job's size, in a multi-modal key);
+        - ``history``: the mean residual life: past durations longer than the elapsed
+          time, minus it (ignores progress; the only forecast before progress).
+        """
+        out: dict[str, float] = {}
+        survivors = [math.log(p[0] - elapsed_ms) for p in self.profiles if p[0] > elapsed_ms]
+        if survivors:
+            out["history"] = math.fsum(survivors) / len(survivors)
+        if progress <= 0 or elapsed_ms <= 0:
+            return out
+        log_elapsed = math.log(elapsed_ms)
+        out["rate"] = log_elapsed + math.log((100 - progress) / progress)
+        shares = [_share_at(p, progress) for p in self.profiles]
+        lefts = [log_elapsed + _log_left(s) for s in shares]
+        out["shape"] = math.fsum(lefts) / len(lefts)
+        # How much slower (> 0) this job is than each past job was at this progress.
+        distances = [
+            log_elapsed - math.log(s * p[0]) for s, p in zip(shares, self.profiles, strict=True)
+        ]
+        out["analog"] = _kernel_mean(distances, lefts)
+        return out
+
+    def _at(self, progress: float, name: str) -> tuple[float, float]:
+        """A moving score ``(mean, n)`` at ``progress``, interpolated between deciles."""
+        low = min(90, int(progress // 10) * 10)
+        high = min(90, low + 10)
+        share = 0.0 if high == low else (progress - low) / 10
+        values = []
+        for decile in (low, high):
+            pair = self.scores.get(str(decile), {}).get(name)
+            values.append((float(pair[0]), int(pair[1])) if pair else None)
+        a, b = values
+        if a is None or b is None:
+            return a or b or (0.0, 0)
+        return a[0] + share * (b[0] - a[0]), min(a[1], b[1])
+
+    def mse(self, progress: float, name: str) -> float:
+        """A forecast's measured squared log-error, shrunk towards a prior (one pseudo-job)."""
+        mse, n = self._at(progress, name)
+        n = min(n, _ERR_WINDOW)
+        return max((mse * n + _PRIOR_MSE) / (n + 1), _MSE_FLOOR)
+
+    def blend(self, progress: float, forecasts: dict[str, float]) -> float:
+        """The forecasts combined with weights ∝ 1 / their measured error at ``progress``."""
+        weights = {name: self.mse(progress, name) ** -_SHARPNESS for name in forecasts}
+        total = math.fsum(weights.values())
+        return math.fsum(weights[name] * value for name, value in forecasts.items()) / total
+
+    def confidence(self, progress: float) -> float:
+        """The share of recent estimates at ``progress`` that landed within the tolerance,
+        shrunk towards 1/2 by ``_PRIOR_HITS`` pseudo-observations."""
+        rate, n = self._at(progress, "hit")
+        n = min(n, _ERR_WINDOW)
+        return (rate * n + 0.5 * _PRIOR_HITS) / (n + _PRIOR_HITS)
 
 
 # --- the estimate ----------------------------------------------------------------------
@@ -160,31 +306,34 @@ def milestones_after(
 
 @dataclass(frozen=True)
 class History:
-    """What a key's statistics say about a job's total duration."""
+    """What a key's statistics say about a job's processing time."""
 
     count: int
-    log_mean: float | None = None  # learned (count >= HISTORY_MIN) or from a default guess
+    log_mean: float | None = None  # from a default guess (cold key) or the moving mean
     log_var: float = _GUESS_VAR
-    curve: dict[str, Any] | None = None
-    learned: bool = False
-    prior_mse: float | None = None  # scored squared error of log_mean as a forecast
+    model: Model | None = None  # set once the key has HISTORY_MIN profiled completions
+    wait_ms: float = 0.0  # the key's moving mean queue wait
 
     @property
-    def confidence(self) -> float:
-        return min(self.count / FULL_CONFIDENCE, 1.0)
+    def learned(self) -> bool:
+        return self.model is not None
 
 
 def history_of(
     count: int, digest: dict[str, Any] | None, default_ms: int | None, given_ms: int | None
 ) -> History:
-    """The prior for a job: learned history from 5 completions, else the given/default guess."""
-    if count >= HISTORY_MIN and digest and int(digest.get("n", 0)) >= HISTORY_MIN:
-        # Small samples understate spread: widen the variance by n/(n-1).
-        n = int(digest["n"])
-        var = float(digest["lv"]) * n / (n - 1)
-        mse, scored = digest.get("pe", [0.0, 0])
-        prior_mse = float(mse) if int(scored) >= HISTORY_MIN else None
-        return History(count, float(digest["lm"]), var, digest.get("c") or None, True, prior_mse)
+    """The prior for a job: learned profiles from 5 completions, else the given/default guess."""
+    profiles = (digest or {}).get("r") or []
+    if count >= HISTORY_MIN and len(profiles) >= HISTORY_MIN:
+        assert digest is not None
+        wait = digest.get("w") or [0.0, 0]
+        return History(
+            count,
+            float(digest["lm"]),
+            float(digest["lv"]),
+            Model(profiles, digest.get("s") or {}),
+            float(wait[0]),
+        )
     guess = given_ms if given_ms is not None else default_ms
     if guess is not None and guess > 0:
         return History(count, math.log(guess), _GUESS_VAR)
@@ -192,92 +341,55 @@ def history_of(
 
 
 @dataclass(frozen=True)
-class Pace:
-    """The learned curve at one progress value (log fraction of the time elapsed)."""
-
-    log_fraction: float
-    var: float  # spread of log_fraction across jobs
-    mse: float | None = None  # scored squared error of the pace forecast
-    cov: float | None = None  # its covariance with the history forecast's error
+class Estimate:
+    remaining_ms: float
+    from_history: bool
+    confidence: float | None = None  # set when from_history
 
 
-def _plain_pace(progress: float) -> Pace:
-    return Pace(math.log(progress / 100), _PLAIN_RATE_VAR * (100 - progress) / progress)
+def remaining(
+    history: History, progress: float, elapsed_ms: float, *, pending: bool = False
+) -> Estimate | None:
+    """Expected milliseconds left for a job at ``progress`` % after ``elapsed_ms`` processing.
 
-
-def _point(decile: int, entry: list[Any]) -> tuple[float, Pace]:
-    scored = len(entry) >= 6 and int(entry[5]) >= HISTORY_MIN
-    return float(decile), Pace(
-        float(entry[0]),
-        float(entry[1]),
-        float(entry[3]) if scored else None,
-        float(entry[4]) if scored else None,
-    )
-
-
-def _mix(a: float | None, b: float | None, share: float) -> float | None:
-    return None if a is None or b is None else a + share * (b - a)
-
-
-def pace_at(history: History, progress: float) -> Pace:
-    """The learned pace at ``progress`` (0 < progress < 100), interpolated between deciles.
-
-    At 100 % the fraction is 1 and certain. Below the first learned decile its fraction is
-    scaled down linearly and its uncertainty up. Without a learned curve: the plain rule's
-    straight line.
+    A learned key blends four forecasts (``Model.candidates``) in log space with weights
+    from their measured errors at this progress; a ``pending`` job (not started) adds the
+    key's mean queue wait. A cold key blends the caller's guess, if any, with the plain
+    rule. None when nothing is known.
     """
-    if not history.learned or not history.curve:
-        return _plain_pace(progress)
-    points = [
-        _point(d, history.curve[str(d)])
-        for d in DECILES
-        if str(d) in history.curve and int(history.curve[str(d)][2]) >= HISTORY_MIN
-    ]
-    if not points:
-        return _plain_pace(progress)
-    points.append((100.0, Pace(0.0, 0.0, 0.0, 0.0)))
-    first_at, first = points[0]
-    if progress < first_at:
-        scale = first_at / progress
-        return Pace(
-            first.log_fraction - math.log(scale),
-            first.var * scale,
-            None if first.mse is None else first.mse * scale,
-            None if first.cov is None else first.cov * math.sqrt(scale),
-        )
-    for (low_at, low), (high_at, high) in zip(points, points[1:], strict=False):
-        if progress <= high_at:
-            share = (progress - low_at) / (high_at - low_at)
-            return Pace(
-                low.log_fraction + share * (high.log_fraction - low.log_fraction),
-                low.var + share * (high.var - low.var),
-                _mix(low.mse, high.mse, share),
-                _mix(low.cov, high.cov, share),
-            )
-    return Pace(0.0, 0.0)
+    progress = min(max(progress, 0.0), 100.0)
+    if progress >= 100:
+        return Estimate(0.0, False)
+    model = history.model
+    if model is not None:
+        forecasts = model.candidates(progress, max(elapsed_ms, 0.0))
+        if forecasts:
+            left = math.exp(model.blend(progress, forecasts))
+        else:  # running longer than every job on record, still at 0 %
+            left = 0.1 * max(elapsed_ms, math.exp(history.log_mean or 0.0))
+        if pending:
+            left += history.wait_ms
+        return Estimate(left, True, model.confidence(progress))
+    return _cold(history, progress, elapsed_ms)
 
 
-def pace_weight(history: History, pace: Pace) -> float:
-    """How much the observed pace counts against history (0..1).
-
-    With scored forecasts: the minimum-variance combination of two correlated forecasts,
-    w = (Vh - C) / (Vh + Vp - 2C) (Bates and Granger). Before enough jobs were scored:
-    inverse-variance weights from the spreads.
-    """
-    if history.prior_mse is not None and pace.mse is not None and pace.cov is not None:
-        prior_var = max(history.prior_mse, _VAR_FLOOR)
-        pace_var = max(pace.mse, _VAR_FLOOR)
-        denominator = prior_var + pace_var - 2 * pace.cov
-        if denominator > 1e-9:
-            return min(max((prior_var - pace.cov) / denominator, 0.0), 1.0)
+def _cold(history: History, progress: float, elapsed_ms: float) -> Estimate | None:
+    """Before 5 completions: the plain rule, blended with the caller's guess if given."""
+    if history.log_mean is None:
+        if progress <= 0 or elapsed_ms <= 0:
+            return None
+        return Estimate(elapsed_ms * (100 - progress) / progress, False)
+    total = math.exp(history.log_mean)
+    if progress <= 0 or elapsed_ms <= 0:
+        return Estimate(max(total - max(elapsed_ms, 0.0), 0.1 * total), False)
+    plain_var = _PLAIN_RATE_VAR * (100 - progress) / progress
     prior_var = max(history.log_var, _VAR_FLOOR)
-    return prior_var / (prior_var + max(pace.var, _VAR_FLOOR))
-
-
-def _prior_var(history: History) -> float:
-    if history.prior_mse is not None:
-        return max(history.prior_mse, _VAR_FLOOR)
-    return max(history.log_var, _VAR_FLOOR)
+    weight = prior_var / (prior_var + max(plain_var, _VAR_FLOOR))
+    log_observed = math.log(elapsed_ms * 100 / progress)
+    # A guess must not claim a total shorter than the time already spent.
+    prior = _at_least(history.log_mean, prior_var, math.log(elapsed_ms))
+    log_total = weight * log_observed + (1 - weight) * prior
+    return Estimate(math.exp(log_total) * (100 - progress) / 100, False)
 
 
 def _at_least(mean: float, var: float, floor: float) -> float:
@@ -291,49 +403,6 @@ def _at_least(mean: float, var: float, floor: float) -> float:
     if tail < 1e-12:
         return floor + sd / max(a, 1.0)  # far in the tail: the asymptotic mean
     return mean + sd * math.exp(-a * a / 2) / math.sqrt(2 * math.pi) / tail
-
-
-@dataclass(frozen=True)
-class Estimate:
-    remaining_ms: float
-    from_history: bool
-
-
-def remaining(history: History, progress: float, elapsed_ms: float) -> Estimate | None:
-    """Expected milliseconds left for a job at ``progress`` % after ``elapsed_ms`` running.
-
-    The observed pace says total ≈ elapsed / fraction(progress), where the fraction comes
-    from the key's learned progress curve (the plain rule assumes fraction = progress/100).
-    History says total ≈ exp(log_mean). The two are combined in log space (see
-    ``pace_weight``), so a noisy early pace (low progress, jobs that stall) leans on
-    history and a late, reliable pace leans on the observation. The result is scaled by the
-    share of the duration still ahead, so it is never negative.
-    """
-    progress = min(max(progress, 0.0), 100.0)
-    if progress >= 100:
-        return Estimate(0.0, False)
-    if history.log_mean is None and (progress <= 0 or elapsed_ms <= 0):
-        return None
-    if progress <= 0:
-        assert history.log_mean is not None
-        total = math.exp(history.log_mean)
-        return Estimate(max(total - max(elapsed_ms, 0.0), 0.1 * total), history.learned)
-    pace = pace_at(history, progress)
-    share_left = 1 - min(math.exp(pace.log_fraction), 1.0)
-    if history.log_mean is None:
-        log_total = math.log(elapsed_ms) - pace.log_fraction
-    elif elapsed_ms <= 0:
-        log_total = history.log_mean
-    else:
-        weight = pace_weight(history, pace)
-        log_observed = math.log(elapsed_ms) - pace.log_fraction
-        prior = history.log_mean
-        if not history.learned:
-            # A guess has no track record; at least it must not claim a total shorter than
-            # the time already spent. (Learned history is scored instead: pace_weight.)
-            prior = _at_least(prior, _prior_var(history), math.log(elapsed_ms))
-        log_total = weight * log_observed + (1 - weight) * prior
-    return Estimate(math.exp(log_total) * share_left, history.learned)
 
 
 def plain_remaining(progress: float, elapsed_ms: float) -> float | None:

@@ -1,8 +1,16 @@
 """ETA hooks called by the job service inside each write transaction, and the stats reads.
 
 The key of a job is its ``workflowId``, else its ``jobType``, within the app and mode of the
-caller. Statistics change only when a job completes, in the completing transaction; the
-maths lives in ``app.domain.estimator``.
+caller; a parent's key carries the suffix ``#parent``, so a batch's whole duration never
+becomes a sample for one of its children. Statistics change only when a job completes, in
+the completing transaction; the maths lives in ``app.domain.estimator``.
+
+Durations. A job's *processing* starts when its worker reports 0 % (``startedAt``), or, when
+its first report is already past 0 %, at its creation (the worker said nothing earlier, so
+its processing time is counted from ``createdAt``); the job's ``eta_state.b`` holds how many
+milliseconds before ``startedAt`` its processing began. Statistics and ``/v1/eta`` durations
+are processing times; the time from creation to the processing start is the key's *queue
+wait*, kept apart and added to the estimate of a job that has not started yet.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from app.domain.views import iso
 
 # An estimate further out than this is not an estimate; it also keeps datetimes in range.
 _MAX_REMAINING_MS = 366 * 86_400_000
+PARENT_SUFFIX = "#parent"
 
 
 class EtaKeyNotFound(NotFound):
@@ -31,7 +40,21 @@ class EtaKeyNotFound(NotFound):
 
 
 def eta_key_of(job: Row) -> str:
-    return str(job.get("workflow_id") or job["job_type"])
+    key = str(job.get("workflow_id") or job["job_type"])
+    return key + PARENT_SUFFIX if job.get("total_children") is not None else key
+
+
+def _origin(job: Row, progress: int, now: datetime) -> tuple[datetime, float]:
+    """When the job's processing started, and how many ms that is before ``startedAt``.
+
+    ``progress``/``now``: the update that starts the job, if it has not started yet.
+    """
+    if job["started_at"] is not None:
+        back = float((job["eta_state"] or {}).get("b", 0))
+        return job["started_at"] - timedelta(milliseconds=back), back
+    if progress == 0:  # this update starts the job, and says so
+        return now, 0.0
+    return job["created_at"], _ms(now - job["created_at"])  # first heard of past 0 %
 
 
 def _ms(delta: timedelta) -> float:
@@ -54,7 +77,7 @@ def _eta_columns(
     left = min(max(estimate.remaining_ms, 0.0), _MAX_REMAINING_MS)
     columns: Row = {"estimated_completion_at": now + timedelta(milliseconds=round(left))}
     if estimate.from_history:
-        columns.update(eta_confidence=history.confidence, eta_based_on=history.count)
+        columns.update(eta_confidence=estimate.confidence, eta_based_on=history.count)
     else:
         columns.update(eta_confidence=None, eta_based_on=None)
     return columns
@@ -66,10 +89,11 @@ def _eta_columns(
 async def at_creation(repo: Repository, owner: Owner, cmd: CreateJob, now: datetime) -> Row:
     """ETA columns for a new job; also records ``estimatedDuration`` as the key's default.
 
-    Order: explicit ``estimatedCompletionAt``; history once the key has 5 completions;
-    the given ``estimatedDuration``; the key's ``defaultDuration``; else no ETA.
+    Order: explicit ``estimatedCompletionAt``; history once the key has 5 completions
+    (its typical queue wait plus processing time); the given ``estimatedDuration``; the
+    key's ``defaultDuration``; else no ETA.
     """
-    key = cmd.workflowId or cmd.jobType
+    key = (cmd.workflowId or cmd.jobType) + (PARENT_SUFFIX if cmd.totalChildren is not None else "")
     stats_repo = EtaRepository(repo.conn)
     stats = await stats_repo.get(owner, key)
     given = cmd.estimatedDuration
@@ -79,7 +103,7 @@ async def at_creation(repo: Repository, owner: Owner, cmd: CreateJob, now: datet
     if cmd.estimatedCompletionAt is not None:
         return {"estimated_completion_at": cmd.estimatedCompletionAt}
     history = _history(stats, given)
-    return _eta_columns(history, estimator.remaining(history, 0, 0), now)
+    return _eta_columns(history, estimator.remaining(history, 0, 0, pending=True), now)
 
 
 def on_progress(job: Row, stats: Row | None, cmd: UpdateProgress, now: datetime) -> Row:
@@ -87,8 +111,8 @@ def on_progress(job: Row, stats: Row | None, cmd: UpdateProgress, now: datetime)
 
     ``stats`` are the job's key statistics, read with the job's row lock.
     """
-    origin = job["started_at"] or now  # this update starts a pending job
-    state = _milestones(job, cmd.progress, origin, now)
+    origin, offset = _origin(job, cmd.progress, now)
+    state = {**_milestones(job, cmd.progress, origin, now), "b": round(offset)}
     if cmd.estimatedCompletionAt is not None:
         return {
             "eta_state": state,
@@ -124,16 +148,17 @@ async def on_complete(
     before: Row | None = None,
     pending: Row | None = None,
 ) -> Staged:
-    """Record a completed job's duration (and progress curve) in its key's statistics.
+    """Record a completed job's processing time (and profile) in its key's statistics.
 
     ``before`` is the row as it was before completion, for the last progress milestones.
     Locks the key's row now; returns its new values, for the write's final statement.
     ``pending`` is the key's statistics already staged by this write (a child and the
     parent it completes share a key): the new values build on them, as one row change.
     """
-    origin = job["started_at"] or job["created_at"]
-    duration = round(_ms(job["completed_at"] - origin))
     previous = before if before is not None else job
+    origin = _origin(previous, 1, job["completed_at"])[0]  # never started: from creation
+    wait = _ms(origin - job["created_at"])
+    duration = round(_ms(job["completed_at"] - origin))
     state = _milestones(previous, 100, origin, job["completed_at"])
     stats_repo = EtaRepository(repo.conn)
     key = eta_key_of(job)
@@ -143,7 +168,7 @@ async def on_complete(
         else await stats_repo.lock(owner, key, estimator.empty_digest(), now)
     )
     digest = stats["digest"] or estimator.empty_digest()
-    estimator.record(digest, duration, state["m"])
+    estimator.record(digest, duration, state["m"], wait)
     count = int(stats["count"])
     return Staged(
         "eta_stats",
