@@ -21,6 +21,14 @@ def _eta_seconds(job: dict, since: str = "updatedAt") -> float:
     return (_at(job["estimatedCompletionAt"]) - _at(job[since])).total_seconds()
 
 
+async def _backdate_creation(db, job_id: str, seconds: float) -> None:
+    await db.execute(
+        "UPDATE jobs SET created_at = created_at - make_interval(secs => $2) WHERE id = $1",
+        job_id,
+        seconds,
+    )
+
+
 async def _backdate_start(db, job_id: str, seconds: float) -> None:
     await db.execute(
         "UPDATE jobs SET started_at = started_at - make_interval(secs => $2) WHERE id = $1",
@@ -52,7 +60,9 @@ async def test_five_completions_turn_on_history_etas_four_do_not(client, db):
     await run_job(client, db, 10, workflowId="wf-threshold")
     five = await create_job(client, workflowId="wf-threshold")
     assert _eta_seconds(five, "createdAt") == pytest.approx(10, rel=0.1)
-    assert five["etaConfidence"] == pytest.approx(0.1)
+    # The share of the key's scored estimates (jobs 3-5: all within 20 %) that landed,
+    # shrunk by two pseudo-observations at 1/2: not count / 50 any more.
+    assert five["etaConfidence"] == pytest.approx((3 + 1) / (3 + 2))
     assert five["etaBasedOn"] == 5
     # A terminal job keeps no estimate at all, however it ended.
     done = await complete(client, five["id"])
@@ -255,15 +265,18 @@ async def test_parents_get_an_eta_and_feed_their_own_key(client, db):
     await complete(client, second["id"])
     finished = (await client.get(f"/jobs/{parent['id']}")).json()
     assert finished["status"] == "completed" and "estimatedCompletionAt" not in finished
-    assert (await stats_of(client, "batch")).json()["count"] == 1
+    assert (await stats_of(client, "batch#parent")).json()["count"] == 1
+    assert (await stats_of(client, "batch")).status_code == 404
     assert (await stats_of(client, "image")).json()["count"] == 2
 
 
 @pytest.mark.parametrize("last", ["complete", "fail", "cancel"])
 async def test_a_parent_finished_by_its_last_child_keeps_no_eta(client, db, last):
     key = f"wf-parent-eta-{last}"
-    for _ in range(5):  # history for the key: estimates now carry a confidence
-        await run_job(client, db, 10, workflowId=key)
+    for _ in range(5):  # history for the parents' key: estimates now carry a confidence
+        done = await create_parent(client, 1, workflowId=key)
+        await run_job(client, db, 10, parentJobId=done["id"], childIndex=0, userId=done["userId"])
+    assert (await stats_of(client, f"{key}#parent")).json()["count"] == 5
     parent = await create_parent(client, 2, workflowId=key)
     assert {"estimatedCompletionAt", "etaConfidence", "etaBasedOn"} <= parent.keys()
     first = await create_child(client, parent, 0)
@@ -282,3 +295,67 @@ async def test_a_parent_finished_by_its_last_child_keeps_no_eta(client, db, last
     assert finished["status"] == "completed"
     assert finished["progress"] == (100 if last == "complete" else 50)
     assert not {"estimatedCompletionAt", "etaConfidence", "etaBasedOn"} & finished.keys()
+
+
+async def test_a_batchs_parent_and_children_of_one_type_keep_separate_statistics(client, db):
+    # createBatch gives the parent and its children one jobType: a whole batch (about 30 s)
+    # must not become a sample for one child (about 2 s), nor the other way round.
+    for _ in range(5):
+        parent = await create_job(client, jobType="render", totalChildren=2)
+        for index in range(2):
+            child = await create_child(client, parent, index, jobType="render")
+            await set_progress(client, child["id"], 10)
+            await _backdate_start(db, child["id"], 2)
+            if index == 1:
+                await _backdate_start(db, parent["id"], 30)
+            await complete(client, child["id"])
+        done = (await client.get(f"/jobs/{parent['id']}")).json()
+        assert done["status"] == "completed"
+    children = (await stats_of(client, "render")).json()
+    parents = (await stats_of(client, "render#parent")).json()
+    assert children["count"] == 10 and children["maxDuration"] < 5_000
+    assert parents["count"] == 5 and parents["minDuration"] > 29_000
+    listed = [s["etaKey"] for s in (await client.get("/eta")).json()["stats"]]
+    assert listed == ["render", "render#parent"]
+    # Each kind of job is estimated from its own history.
+    parent = await create_job(client, jobType="render", totalChildren=2)
+    child = await create_child(client, parent, 0, jobType="render")
+    assert _eta_seconds(parent, "createdAt") == pytest.approx(30, rel=0.1)
+    assert parent["etaBasedOn"] == 5
+    assert _eta_seconds(child, "createdAt") == pytest.approx(2, rel=0.2)
+    assert child["etaBasedOn"] == 10
+    # Resetting one leaves the other.
+    assert (await client.delete("/eta/render%23parent")).json()["deleted"] is True
+    assert (await stats_of(client, "render")).json()["count"] == 10
+
+
+async def test_a_cold_type_estimates_from_creation_on_its_first_report(client, db):
+    # No history, no estimatedDuration, and a worker whose first report is already 20 %.
+    job = await create_job(client, jobType="no-zero-report")
+    assert "estimatedCompletionAt" not in job
+    await _backdate_creation(db, job["id"], 8)
+    first = await set_progress(client, job["id"], 20)
+    assert _eta_seconds(first) == pytest.approx(32, rel=0.05)  # 20 % in 8 s since creation
+    assert "etaConfidence" not in first
+    await complete(client, job["id"])
+    stats = (await stats_of(client, "no-zero-report")).json()
+    assert stats["avgDuration"] == pytest.approx(8_000, rel=0.05)  # counted from creation
+
+
+async def test_statistics_count_processing_and_a_pending_job_adds_the_queue_wait(client, db):
+    # Workers that report 0 % as they start: 5 s in the queue, then 10 s of processing.
+    for _ in range(5):
+        job = await create_job(client, jobType="queued")
+        await _backdate_creation(db, job["id"], 15)
+        await set_progress(client, job["id"], 0)  # starts now, 15 s after creation ...
+        await _backdate_start(db, job["id"], 10)  # ... make that 10 s ago: 5 s of wait
+        await set_progress(client, job["id"], 50)
+        await complete(client, job["id"])
+    stats = (await stats_of(client, "queued")).json()
+    assert stats["avgDuration"] == pytest.approx(10_000, rel=0.05)
+    assert stats["maxDuration"] < 11_000  # no queue wait in the statistics
+    pending = await create_job(client, jobType="queued")
+    assert _eta_seconds(pending, "createdAt") == pytest.approx(15, rel=0.05)
+    assert pending["etaBasedOn"] == 5 and 0 < pending["etaConfidence"] <= 1
+    started = await set_progress(client, pending["id"], 0)
+    assert _eta_seconds(started) == pytest.approx(10, rel=0.05)

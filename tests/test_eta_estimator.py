@@ -1,27 +1,44 @@
-"""The pure ETA maths: percentiles, bounded state, the history/pace blend."""
+"""The pure ETA maths on synthetic histories: percentiles, bounded state, the forecasts, their
+blend and the calibrated confidence."""
 
 import json
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
 from app.domain import estimator as est
 
-
-def _linear_marks(duration_ms: float) -> dict[str, int]:
-    return {str(d): round(duration_ms * d / 100) for d in est.DECILES}
+Shape = Callable[[float], float]  # share of the duration elapsed at a progress of p (0..1)
 
 
-def _digest_of(durations: list[float], marks=_linear_marks) -> dict:
+def _even(p: float) -> float:
+    return p
+
+
+def _marks(duration_ms: float, shape: Shape = _even) -> dict[str, int]:
+    return {str(d): round(duration_ms * shape(d / 100)) for d in est.DECILES}
+
+
+def _digest_of(durations: list[float], shape: Shape = _even) -> dict:
     digest = est.empty_digest()
     for duration in durations:
-        est.record(digest, round(duration), marks(duration))
+        est.record(digest, round(duration), _marks(duration, shape))
     return digest
 
 
 def _history(digest: dict) -> est.History:
     return est.history_of(int(digest["n"]), digest, None, None)
+
+
+def _left(history: est.History, progress: float, elapsed_ms: float) -> float:
+    estimate = est.remaining(history, progress, elapsed_ms)
+    assert estimate is not None
+    return estimate.remaining_ms
+
+
+# --- statistics ------------------------------------------------------------------------
 
 
 def test_percentiles_of_known_durations_are_within_one_percent():
@@ -42,17 +59,18 @@ def test_percentile_of_a_skewed_sample():
 def test_state_stays_bounded_however_many_jobs_complete():
     rng = random.Random(1)
     digest = est.empty_digest()
-    for _ in range(20_000):
+    for _ in range(3_000):
         duration = rng.lognormvariate(math.log(60_000), 2.0)
-        est.record(digest, round(duration), _linear_marks(duration))
+        est.record(digest, round(duration), _marks(duration))
     est.record(digest, 10**15, None)  # far beyond the last bucket
     est.record(digest, 0, None)
-    assert digest["n"] == 20_002
+    assert digest["n"] == 3_002
     assert len(digest["h"]) <= est.MAX_BUCKET + 1
-    assert set(digest["c"]) <= {str(d) for d in est.DECILES}
+    assert len(digest["r"]) == est.RESERVOIR
+    assert set(digest["s"]) <= {str(d) for d in est.SCORED_AT}
     assert len(json.dumps(digest)) < 40_000
     assert est.bucket_of(10**15) == est.MAX_BUCKET
-    assert sum(digest["h"].values()) == 20_002
+    assert sum(digest["h"].values()) == 3_002
 
 
 def test_buckets_are_monotone_and_tight():
@@ -64,12 +82,33 @@ def test_buckets_are_monotone_and_tight():
         assert est.bucket_value(index) == pytest.approx(value, rel=0.02)
 
 
-def test_without_any_history_the_estimate_is_the_plain_rule():
+def test_a_digest_from_before_profiles_keeps_its_histogram_and_learns_again():
+    old = {"v": 1, "h": {"500": 7}, "n": 7, "lm": 11.0, "lv": 0.1, "c": {"10": [0, 0, 9]}}
+    est.record(old, 60_000, _marks(60_000))
+    assert old["v"] == 2 and old["n"] == 8 and "c" not in old
+    assert sum(old["h"].values()) == 8 and len(old["r"]) == 1
+    assert not est.history_of(8, old, None, None).learned  # 1 profile: not yet
+
+
+def test_milestones_interpolate_between_updates_and_keep_first_crossings():
+    state = est.milestones_after({"b": 5}, 0, 25, 0, 10_000)
+    assert state == {"b": 5, "m": {"10": 4_000, "20": 8_000}}
+    state = est.milestones_after(state, 25, 45, 10_000, 20_000)
+    assert state["m"]["30"] == 12_500 and state["m"]["40"] == 17_500
+    again = est.milestones_after(state, 45, 15, 20_000, 30_000)  # progress went back
+    assert again == state
+
+
+# --- a cold type -----------------------------------------------------------------------
+
+
+def test_a_cold_type_uses_the_plain_rule():
     empty = est.History(0)
     assert est.remaining(empty, 0, 0) is None
     assert est.remaining(empty, 30, 0) is None
     estimate = est.remaining(empty, 25, 10_000)
     assert estimate is not None and not estimate.from_history
+    assert estimate.confidence is None
     assert estimate.remaining_ms == pytest.approx(est.plain_remaining(25, 10_000))
     assert est.plain_remaining(25, 10_000) == pytest.approx(30_000)
 
@@ -80,12 +119,9 @@ def test_a_given_duration_is_the_estimate_before_progress_and_fades_as_progress_
     assert start is not None and start.remaining_ms == pytest.approx(100_000)
     assert not start.from_history
     # The job runs twice as slowly as guessed: pace says 200 s total.
-    early = est.remaining(guess, 10, 20_000)
-    late = est.remaining(guess, 90, 180_000)
     plain_early, plain_late = est.plain_remaining(10, 20_000), est.plain_remaining(90, 180_000)
-    assert early is not None and late is not None
-    assert early.remaining_ms < plain_early  # early: mostly the guess
-    assert late.remaining_ms == pytest.approx(plain_late, rel=0.1)  # late: mostly the pace
+    assert _left(guess, 10, 20_000) < plain_early  # early: mostly the guess
+    assert _left(guess, 90, 180_000) == pytest.approx(plain_late, rel=0.1)  # late: the pace
 
 
 def test_history_needs_five_completions():
@@ -94,75 +130,146 @@ def test_history_needs_five_completions():
     assert est.remaining(est.history_of(4, four, None, None), 0, 0) is None
     five = _digest_of([60_000] * 5)
     history = est.history_of(5, five, None, 10_000)
-    assert history.learned and history.confidence == pytest.approx(0.1)
+    assert history.learned
     estimate = est.remaining(history, 0, 0)
     assert estimate is not None and estimate.from_history
     assert estimate.remaining_ms == pytest.approx(60_000, rel=0.01)
+    # Jobs 3-5 were scored before they were learned from (2+ profiles): all within 20 %,
+    # shrunk by two pseudo-observations at 1/2.
+    assert estimate.confidence == pytest.approx((3 + 1) / (3 + 2))
 
 
-def test_a_noisy_early_pace_leans_on_history():
+# --- the shape of a type ---------------------------------------------------------------
+
+
+def test_a_steady_type_follows_the_plain_rule():
+    # Evenly paced jobs of very different lengths: the pace is exact, history is not.
+    rng = random.Random(2)
+    history = _history(_digest_of([rng.lognormvariate(math.log(60_000), 0.6) for _ in range(40)]))
+    for progress, elapsed in ((10, 3_000), (10, 30_000), (50, 40_000), (90, 200_000)):
+        plain = est.plain_remaining(progress, elapsed)
+        assert _left(history, progress, elapsed) == pytest.approx(plain, rel=0.05)
+    # The measured errors chose: the rule's is the smallest at 10 %, history's far larger.
+    model = history.model
+    assert model is not None
+    assert model.mse(10, "rate") < model.mse(10, "history") / 10
+
+
+def test_a_multi_modal_type_follows_the_jobs_own_size_early():
+    # Half the jobs take about 20 s, half about 120 s (one jobType, two kinds of input).
     rng = random.Random(3)
-
-    def noisy_marks(duration: float) -> dict[str, int]:
-        # Early deciles are reached at very uneven times, late ones almost on schedule.
-        return {
-            str(d): round(duration * min(0.99, d / 100 * math.exp(rng.gauss(0, (100 - d) / 100))))
-            for d in est.DECILES
-        }
-
-    durations = [60_000 * math.exp(rng.gauss(0, 0.3)) for _ in range(40)]
-    digest = _digest_of(durations, noisy_marks)
-    history = _history(digest)
-    # 10 % after 30 s looks like a 300 s job; history says about 60 s.
-    estimate = est.remaining(history, 10, 30_000)
-    assert estimate is not None
-    plain = est.plain_remaining(10, 30_000)
-    assert estimate.remaining_ms < 0.6 * plain
-    assert estimate.remaining_ms > 0.3 * 60_000  # but not blindly the 54 s history says
-    # At 90 % the observed pace dominates.
-    late = est.remaining(history, 90, 150_000)
-    assert late is not None
-    assert late.remaining_ms == pytest.approx(est.plain_remaining(90, 150_000), rel=0.35)
+    sizes = [rng.choice((20_000, 120_000)) * math.exp(rng.gauss(0, 0.1)) for _ in range(40)]
+    history = _history(_digest_of(sizes))
+    typical = math.exp(history.log_mean or 0)
+    assert 30_000 < typical < 90_000  # the key's mean total fits neither kind of job
+    # At 10 % a small job has run about 2 s, a large one about 12 s; each gets its own size.
+    assert _left(history, 10, 2_000) == pytest.approx(18_000, rel=0.15)
+    assert _left(history, 10, 12_000) == pytest.approx(108_000, rel=0.15)
+    # Before any progress a job that outlived the small kind is expected to be large.
+    assert _left(history, 0, 40_000) == pytest.approx(120_000 - 40_000, rel=0.2)
+    # No jump between consecutive updates of a small job: 10 % then 12 %.
+    assert _left(history, 12, 2_400) == pytest.approx(_left(history, 10, 2_000) - 400, rel=0.1)
 
 
-def test_a_learned_slow_start_curve_corrects_the_pace():
+def test_a_learned_slow_start_profile_corrects_the_pace():
     # Every job spends half its time reaching 10 %, then runs evenly.
-    def marks(duration: float) -> dict[str, int]:
-        return {str(d): round(duration * (0.5 + 0.5 * (d - 10) / 90)) for d in est.DECILES}
+    def slow(p: float) -> float:
+        return 0.5 * p / 0.1 if p <= 0.1 else 0.5 + 0.5 * (p - 0.1) / 0.9
 
     rng = random.Random(4)
-    digest = _digest_of([60_000 * math.exp(rng.gauss(0, 0.2)) for _ in range(30)], marks)
-    pace = est.pace_at(_history(digest), 10)
-    assert math.exp(pace.log_fraction) == pytest.approx(0.5, rel=0.05)
-    estimate = est.remaining(_history(digest), 10, 30_000)  # on schedule for 60 s
-    assert estimate is not None
-    assert estimate.remaining_ms == pytest.approx(30_000, rel=0.15)
+    history = _history(_digest_of([60_000 * math.exp(rng.gauss(0, 0.2)) for _ in range(30)], slow))
+    assert _left(history, 10, 30_000) == pytest.approx(30_000, rel=0.15)  # on schedule for 60 s
     assert est.plain_remaining(10, 30_000) == pytest.approx(270_000)
+    model = history.model
+    assert model is not None and model.mse(10, "rate") > 10 * model.mse(10, "shape")
 
 
-def test_history_follows_a_workflow_that_became_slower():
-    digest = _digest_of([60_000] * 30 + [150_000] * 30)
-    assert math.exp(digest["lm"]) == pytest.approx(150_000, rel=0.05)
-    assert est.percentile(digest, 0.5) == pytest.approx(60_000, rel=0.01)  # all-time stats
-
-
-def test_weights_stay_between_zero_and_one():
+def test_estimates_stay_finite_and_non_negative():
     rng = random.Random(5)
-    digest = _digest_of([rng.lognormvariate(11, 1.0) for _ in range(60)])
-    history = _history(digest)
-    assert history.prior_mse is not None
-    for progress in (1, 5, 10, 33, 50, 77, 99):
-        pace = est.pace_at(history, progress)
-        assert 0.0 <= est.pace_weight(history, pace) <= 1.0
-        estimate = est.remaining(history, progress, 10_000)
-        assert estimate is not None and estimate.remaining_ms >= 0
+    history = _history(_digest_of([rng.lognormvariate(11, 1.0) for _ in range(60)]))
+    for progress in (0, 1, 5, 10, 33, 50, 77, 99):
+        for elapsed in (0, 1, 10_000, 10**9):
+            estimate = est.remaining(history, progress, elapsed)
+            assert estimate is not None and 0 <= estimate.remaining_ms < math.inf
+            assert estimate.confidence is not None and 0 < estimate.confidence < 1
     assert est.remaining(history, 100, 10_000) == est.Estimate(0.0, False)
 
 
-def test_milestones_interpolate_between_updates_and_keep_first_crossings():
-    state = est.milestones_after(None, 0, 25, 0, 10_000)
-    assert state == {"m": {"10": 4_000, "20": 8_000}}
-    state = est.milestones_after(state, 25, 45, 10_000, 20_000)
-    assert state["m"]["30"] == 12_500 and state["m"]["40"] == 17_500
-    again = est.milestones_after(state, 45, 15, 20_000, 30_000)  # progress went back
-    assert again == state
+def test_a_pending_job_adds_the_types_queue_wait():
+    digest = est.empty_digest()
+    for _ in range(10):
+        est.record(digest, 60_000, _marks(60_000), wait_ms=15_000)
+    history = _history(digest)
+    assert history.wait_ms == pytest.approx(15_000)
+    assert _left(history, 0, 0) == pytest.approx(60_000, rel=0.01)
+    pending = est.remaining(history, 0, 0, pending=True)
+    assert pending is not None and pending.remaining_ms == pytest.approx(75_000, rel=0.01)
+
+
+# --- confidence --------------------------------------------------------------------------
+
+
+def _confidence(digest: dict, progress: float = 0, elapsed_ms: float = 0) -> float:
+    estimate = est.remaining(_history(digest), progress, elapsed_ms)
+    assert estimate is not None and estimate.confidence is not None
+    return estimate.confidence
+
+
+def test_confidence_rises_with_consistency():
+    rng = random.Random(6)
+    digest = est.empty_digest()
+    seen = []
+    for n in range(1, 31):
+        duration = 60_000 * math.exp(rng.gauss(0, 0.03))
+        est.record(digest, round(duration), _marks(duration))
+        if n >= est.HISTORY_MIN:
+            seen.append(_confidence(digest))
+    assert seen == sorted(seen)  # every consistent job raises it
+    assert seen[0] <= 0.8 and seen[-1] > 0.9
+
+
+def test_confidence_falls_with_spread():
+    rng = random.Random(7)
+    narrow = _digest_of([60_000 * math.exp(rng.gauss(0, 0.05)) for _ in range(40)])
+    wide = _digest_of([60_000 * math.exp(rng.gauss(0, 0.8)) for _ in range(40)])
+    assert _confidence(narrow) > 0.85
+    assert _confidence(wide) < 0.4
+    # A spread that shows: a consistent key whose jobs start to vary loses confidence.
+    for _ in range(20):
+        duration = 60_000 * math.exp(rng.gauss(0, 0.8))
+        est.record(narrow, round(duration), _marks(duration))
+    assert _confidence(narrow) < 0.5
+
+
+def test_confidence_at_a_progress_reflects_the_pace_errors_there():
+    # Jobs whose pace is erratic early but steady late: low confidence at 10 %, high at 80 %.
+    rng = random.Random(8)
+
+    def erratic() -> Shape:
+        early = min(0.6, 0.1 * math.exp(rng.gauss(0, 0.8)))
+        return lambda p: early * p / 0.1 if p <= 0.1 else early + (1 - early) * (p - 0.1) / 0.9
+
+    digest = est.empty_digest()
+    for _ in range(40):
+        duration = 60_000 * math.exp(rng.gauss(0, 0.5))
+        est.record(digest, round(duration), _marks(duration, erratic()))
+    early, late = _confidence(digest, 10, 6_000), _confidence(digest, 80, 50_000)
+    assert early < 0.4 and late > 0.6
+
+
+def test_confidence_is_calibrated_on_fresh_jobs():
+    # What a key with lognormal durations claims before progress, against how often a fresh
+    # job of the same population then lands within the tolerance.
+    rng = random.Random(9)
+    digest = est.empty_digest()
+    claimed, landed = [], []
+    for n in range(400):
+        duration = 60_000 * math.exp(rng.gauss(0, 0.3))
+        if n >= 50:
+            estimate = est.remaining(_history(digest), 0, 0)
+            assert estimate is not None and estimate.confidence is not None
+            claimed.append(estimate.confidence)
+            error = abs(estimate.remaining_ms - duration) / duration
+            landed.append(1.0 if error <= est.TOLERANCE else 0.0)
+        est.record(digest, round(duration), _marks(duration))
+    assert sum(claimed) / len(claimed) == pytest.approx(sum(landed) / len(landed), abs=0.08)

@@ -33,7 +33,7 @@ DECILES = tuple(range(10, 100, 10))
 SCORED_AT = (0, *DECILES)  # progress values at which past jobs' estimates are scored
 HISTORY_MIN = 5  # completions needed before history is trusted (CONTRACT.md, "use 5")
 FULL_CONFIDENCE = 50  # /v1/eta's sample-size confidence: min(count / 50, 1)
-RESERVOIR = 30  # job profiles kept per key (the most recent ones)
+RESERVOIR = 20  # job profiles kept per key (the most recent ones)
 TOLERANCE = 0.2  # etaConfidence: probability of landing within ±20 % of the remaining time
 CANDIDATES = ("rate", "shape", "analog", "history")
 # Weight of the newest sample in the moving statistics once a key has this many samples:
@@ -108,16 +108,21 @@ def _ew_mean(pair: list[Any] | None, x: float) -> list[float]:
     return [mean + (x - mean) / min(n, _ERR_WINDOW), n]
 
 
-def _profile(duration_ms: int, milestones: dict[str, Any] | None) -> list[float]:
-    """``[duration, f10, ..., f90]``: the share of the duration elapsed at each decile."""
+def _profile(duration_ms: int, milestones: dict[str, Any] | None) -> list[int]:
+    """``[duration, f10, ..., f90]``: the per-mille of the duration elapsed at each decile."""
     marks = milestones or {}
-    shares: list[float] = []
+    shares: list[int] = []
     for decile in DECILES:
         elapsed = marks.get(str(decile))
         share = decile / 100 if elapsed is None else float(elapsed) / duration_ms
-        floor = shares[-1] if shares else _MIN_FRACTION  # never earlier than the decile before
-        shares.append(round(min(1.0, max(floor, share)), 4))
+        floor = shares[-1] if shares else 1  # never earlier than the decile before
+        shares.append(min(1000, max(floor, round(1000 * share))))
     return [duration_ms, *shares]
+
+
+def _rounded(pair: list[float]) -> list[float]:
+    """A moving score with 4 significant digits (enough, and a smaller digest)."""
+    return [float(f"{pair[0]:.4g}"), pair[1]]
 
 
 def record(
@@ -148,8 +153,8 @@ def record(
     digest["lm"], digest["lv"] = _ew_update(
         float(digest.get("lm", 0.0)), float(digest.get("lv", 0.0)), n, log_duration
     )
-    digest["w"] = _ew_mean(digest.get("w"), max(0.0, wait_ms))
-    reservoir: list[list[float]] = digest.setdefault("r", [])
+    digest["w"] = _rounded(_ew_mean(digest.get("w"), max(0.0, wait_ms)))
+    reservoir: list[list[int]] = digest.setdefault("r", [])
     reservoir.append(_profile(duration_ms, milestones))
     del reservoir[:-RESERVOIR]
 
@@ -174,9 +179,9 @@ def _score(digest: dict[str, Any], duration_ms: int, milestones: dict[str, Any])
         entry = scores.setdefault(str(decile), {})
         log_truth = math.log(truth)
         for name, value in forecasts.items():
-            entry[name] = _ew_mean(entry.get(name), (value - log_truth) ** 2)
+            entry[name] = _rounded(_ew_mean(entry.get(name), (value - log_truth) ** 2))
         hit = abs(math.exp(blended) - truth) <= TOLERANCE * truth
-        entry["hit"] = _ew_mean(entry.get("hit"), 1.0 if hit else 0.0)
+        entry["hit"] = _rounded(_ew_mean(entry.get("hit"), 1.0 if hit else 0.0))
 
 
 def milestones_after(
@@ -203,39 +208,24 @@ def milestones_after(
 # --- the learned model -------------------------------------------------------------------
 
 
-def _share_at(profile: list[float], progress: float) -> float:
-    """The share of a past job's duration elapsed when it reached ``progress`` (0..100)."""
-    if progress >= 100:
-        return 1.0
-    position = progress / 10
-    low = int(position)
-    start = 0.0 if low == 0 else float(profile[low])
-    end = 1.0 if low == 9 else float(profile[low + 1])
-    return max(_MIN_FRACTION, start + (position - low) * (end - start))
-
-
-def _log_left(share: float) -> float:
-    """log((1 - share) / share): remaining time per unit of elapsed time."""
-    return math.log(max(1.0 - share, _MIN_FRACTION) / share)
-
-
 def _kernel_mean(distances: list[float], values: list[float]) -> float:
     """Nadaraya-Watson: ``values`` weighted by a Gaussian kernel on ``distances`` from 0,
     with Silverman's rule-of-thumb bandwidth (0.9 σ n^-1/5)."""
-    mean = math.fsum(distances) / len(distances)
-    spread = math.sqrt(math.fsum((d - mean) ** 2 for d in distances) / len(distances))
-    width = max(0.05, _BANDWIDTH * spread * len(distances) ** -0.2)
-    exponents = [-0.5 * (d / width) ** 2 for d in distances]
+    n = len(distances)
+    mean = sum(distances) / n
+    spread = math.sqrt(max(sum(d * d for d in distances) / n - mean * mean, 0.0))
+    scale = -0.5 / max(0.05, _BANDWIDTH * spread * n**-0.2) ** 2
+    exponents = [scale * d * d for d in distances]
     top = max(exponents)
     weights = [math.exp(x - top) for x in exponents]
-    return math.fsum(w * v for w, v in zip(weights, values, strict=True)) / math.fsum(weights)
+    return sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
 
 
 @dataclass
 class Model:
     """A key's job profiles and forecast scores, with the forecasts they give."""
 
-    profiles: list[list[float]]
+    profiles: list[list[int]]
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def candidates(self, progress: float, elapsed_ms: float) -> dict[str, float]:
@@ -252,18 +242,29 @@ class Model:
         out: dict[str, float] = {}
         survivors = [math.log(p[0] - elapsed_ms) for p in self.profiles if p[0] > elapsed_ms]
         if survivors:
-            out["history"] = math.fsum(survivors) / len(survivors)
+            out["history"] = sum(survivors) / len(survivors)
         if progress <= 0 or elapsed_ms <= 0:
             return out
         log_elapsed = math.log(elapsed_ms)
         out["rate"] = log_elapsed + math.log((100 - progress) / progress)
-        shares = [_share_at(p, progress) for p in self.profiles]
-        lefts = [log_elapsed + _log_left(s) for s in shares]
-        out["shape"] = math.fsum(lefts) / len(lefts)
-        # How much slower (> 0) this job is than each past job was at this progress.
-        distances = [
-            log_elapsed - math.log(s * p[0]) for s, p in zip(shares, self.profiles, strict=True)
-        ]
+        lefts, distances = [], []
+        # Each past job's share of its duration elapsed at ``progress``: linear between its
+        # deciles (per-mille), 0 at 0 %, 1 at 100 %. Runs on every write of a learned key.
+        position = progress / 10
+        low = int(position)
+        within = position - low
+        log, floor = math.log, _MIN_FRACTION
+        for profile in self.profiles:
+            start = 0 if low == 0 else profile[low]
+            end = 1000 if low == 9 else profile[low + 1]
+            share = (start + within * (end - start)) / 1000
+            share = floor if share < floor else 1.0 - floor if share > 1.0 - floor else share
+            log_share = log(share)
+            # Time left per unit elapsed, by this job's profile: (1 - share) / share.
+            lefts.append(log_elapsed + log(1.0 - share) - log_share)
+            # How much slower (> 0) this job is than that job was at this progress.
+            distances.append(log_elapsed - log_share - log(profile[0]))
+        out["shape"] = sum(lefts) / len(lefts)
         out["analog"] = _kernel_mean(distances, lefts)
         return out
 
