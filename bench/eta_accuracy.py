@@ -82,6 +82,9 @@ class Sample:
 @dataclass
 class Tally:
     samples: dict[int, list[Sample]] = field(default_factory=lambda: {c: [] for c in CHECKPOINTS})
+    # Per job: the largest move of the shown completion time between consecutive updates
+    # from 10 % on, as a share of the job's duration (ours, plain).
+    jumps: list[tuple[float, float]] = field(default_factory=list)
 
 
 # --- job shapes ------------------------------------------------------------------------------
@@ -254,10 +257,22 @@ async def run_scenario(
             zero = UpdateProgress(progress=0)
             await _tx(engine, owner, clock, lambda s, j=job_id, u=zero: s.progress(j, u))
         pending = list(CHECKPOINTS)
+        last: tuple[datetime, float] | None = None
+        jump = (0.0, 0.0)
         for at_s, value in job.reports:
             t = clock + timedelta(seconds=at_s)
             update = UpdateProgress(progress=value)
             shown = await _tx(engine, owner, t, lambda s, j=job_id, u=update: s.progress(j, u))
+            eta_at = shown.get("estimated_completion_at")
+            plain_left = plain_remaining(value, _ms(t - clock))
+            if value >= CHECKPOINTS[0] and eta_at is not None and plain_left is not None:
+                plain_at = _ms(t - clock) + plain_left
+                if last is not None:
+                    jump = (
+                        max(jump[0], _ms(abs(eta_at - last[0])) / 1000 / job.total_s),
+                        max(jump[1], abs(plain_at - last[1]) / 1000 / job.total_s),
+                    )
+                last = (eta_at, plain_at)
             while pending and value >= pending[0]:
                 checkpoint = pending.pop(0)
                 truth = _ms(end - t)
@@ -272,6 +287,7 @@ async def run_scenario(
                         shown.get("eta_confidence"),
                     )
                 )
+        tally.jumps.append(jump)
         await _tx(engine, owner, end, lambda s, j=job_id: s.complete(j, CompleteJob()))
         clock = end + timedelta(seconds=rng.uniform(1, 10))
     return tally, clock
@@ -384,7 +400,15 @@ def summarise(tallies: dict[str, Tally]) -> dict[str, Any]:
     # The family where the plain rule fails most, and the ratio over all the others.
     hardest = max(tallies, key=lambda n: statistics.fmean(s.plain for s in _every(tallies[n])))
     rest = [s for n in tallies if n != hardest for s in _every(tallies[n])]
-    per_family = {}
+    per_family: dict[str, Any] = {}
+    jumps = {
+        name: {
+            "ours": round(100 * statistics.median(j[0] for j in tally.jumps), 1),
+            "plain": round(100 * statistics.median(j[1] for j in tally.jumps), 1),
+        }
+        for name, tally in tallies.items()
+        if tally.jumps
+    }
     for name, tally in tallies.items():
         per_family[name] = {}
         for c in CHECKPOINTS:
@@ -422,6 +446,7 @@ def summarise(tallies: dict[str, Tally]) -> dict[str, Any]:
             ),
         },
         "per_family_confidence": per_family,
+        "jumps_percent": jumps,
         "spearman": rank,
         "calibration": {str(c): calibration(everything.samples[c]) for c in CHECKPOINTS}
         | {"all": calibration(all_samples)},
@@ -466,6 +491,14 @@ def markdown(
         f"Overall (every checkpoint of every job): ours {overall['ours']} %, plain "
         f"{overall['plain']} %, ratio {overall['ratio']}; without `{overall['without']}`"
         f" (where the plain rule fails most) the ratio is {overall['ratio_without']}.",
+        "",
+        "Stability: per job, the largest move of the shown completion time between two"
+        " consecutive updates from 10 % on, as a share of the job's duration; median over the"
+        " family's jobs, ours / plain: "
+        + "; ".join(
+            f"{n} {j['ours']} / {j['plain']} %" for n, j in summary["jumps_percent"].items()
+        )
+        + ".",
         "",
         "## Confidence",
         "",
@@ -547,6 +580,7 @@ async def main_async(url: str, seeds: list[int], jobs: int) -> dict[str, Any]:
                 merged = tallies.setdefault(scenario.name, Tally())
                 for c in CHECKPOINTS:
                     merged.samples[c] += tally.samples[c]
+                merged.jumps += tally.jumps
     finally:
         await engine.dispose()
     summary = summarise(tallies)

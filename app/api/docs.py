@@ -55,7 +55,11 @@ class JobOut(_Out):
     metadata: dict[str, Any] | Omit = None
     retryable: bool | Omit = None
     estimatedCompletionAt: str | Omit = None
-    etaConfidence: float | Omit = None
+    etaConfidence: float | Omit = Field(
+        None,
+        description="Probability (0-1) that the estimate lands within ±20 % of the true"
+        " remaining time, measured on the key's recent jobs; only on estimates from history",
+    )
     etaBasedOn: int | Omit = None
     createdAt: str
     updatedAt: str

@@ -46,7 +46,10 @@ class EtaStatsOut(BaseModel):
     p50Duration: int | Omit = None
     p95Duration: int | Omit = None
     defaultDuration: int | Omit = None
-    confidence: float
+    confidence: float = Field(
+        description="min(count / 50, 1): how much history the key has (a job's etaConfidence"
+        " is the calibrated probability)"
+    )
     lastUpdated: str
 
 
