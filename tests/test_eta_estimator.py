@@ -21,10 +21,25 @@ def _marks(duration_ms: float, shape: Shape = _even) -> dict[str, int]:
     return {str(d): round(duration_ms * shape(d / 100)) for d in est.DECILES}
 
 
+def _learn(digest: dict, duration: float, shape: Shape = _even, wait_ms: float = 0.0) -> None:
+    """One job of the key, as the service runs it: at creation and at the first update of
+    each decile it is shown an estimate (whose forecasts it keeps); then it completes."""
+    marks = _marks(duration, shape)
+    history = est.history_of(int(digest["n"]), digest, None, None)
+    forecasts = {}
+    points = [("0", 0, 0)] + [(str(d), d, marks[str(d)]) for d in est.DECILES]
+    for band, progress, elapsed in points:
+        estimate = est.remaining(history, progress, elapsed)
+        entry = est.forecast_entry(history, estimate, progress, elapsed)
+        if entry is not None:
+            forecasts[band] = entry
+    est.record(digest, round(duration), marks, wait_ms, forecasts)
+
+
 def _digest_of(durations: list[float], shape: Shape = _even) -> dict:
     digest = est.empty_digest()
     for duration in durations:
-        est.record(digest, round(duration), _marks(duration, shape))
+        _learn(digest, duration, shape)
     return digest
 
 
@@ -59,18 +74,17 @@ def test_percentile_of_a_skewed_sample():
 def test_state_stays_bounded_however_many_jobs_complete():
     rng = random.Random(1)
     digest = est.empty_digest()
-    for _ in range(3_000):
-        duration = rng.lognormvariate(math.log(60_000), 2.0)
-        est.record(digest, round(duration), _marks(duration))
+    for _ in range(1_000):
+        _learn(digest, rng.lognormvariate(math.log(60_000), 2.0))
     est.record(digest, 10**15, None)  # far beyond the last bucket
     est.record(digest, 0, None)
-    assert digest["n"] == 3_002
+    assert digest["n"] == 1_002
     assert len(digest["h"]) <= est.MAX_BUCKET + 1
     assert len(digest["r"]) == est.RESERVOIR
     assert set(digest["s"]) <= {str(d) for d in est.SCORED_AT}
     assert len(json.dumps(digest)) < 40_000
     assert est.bucket_of(10**15) == est.MAX_BUCKET
-    assert sum(digest["h"].values()) == 3_002
+    assert sum(digest["h"].values()) == 1_002
 
 
 def test_buckets_are_monotone_and_tight():
@@ -198,7 +212,7 @@ def test_estimates_stay_finite_and_non_negative():
 def test_a_pending_job_adds_the_types_queue_wait():
     digest = est.empty_digest()
     for _ in range(10):
-        est.record(digest, 60_000, _marks(60_000), wait_ms=15_000)
+        _learn(digest, 60_000, wait_ms=15_000)
     history = _history(digest)
     assert history.wait_ms == pytest.approx(15_000)
     assert _left(history, 0, 0) == pytest.approx(60_000, rel=0.01)
@@ -220,8 +234,7 @@ def test_confidence_rises_with_consistency():
     digest = est.empty_digest()
     seen = []
     for n in range(1, 31):
-        duration = 60_000 * math.exp(rng.gauss(0, 0.03))
-        est.record(digest, round(duration), _marks(duration))
+        _learn(digest, 60_000 * math.exp(rng.gauss(0, 0.03)))
         if n >= est.HISTORY_MIN:
             seen.append(_confidence(digest))
     assert seen == sorted(seen)  # every consistent job raises it
@@ -236,8 +249,7 @@ def test_confidence_falls_with_spread():
     assert _confidence(wide) < 0.4
     # A spread that shows: a consistent key whose jobs start to vary loses confidence.
     for _ in range(20):
-        duration = 60_000 * math.exp(rng.gauss(0, 0.8))
-        est.record(narrow, round(duration), _marks(duration))
+        _learn(narrow, 60_000 * math.exp(rng.gauss(0, 0.8)))
     assert _confidence(narrow) < 0.5
 
 
@@ -251,8 +263,7 @@ def test_confidence_at_a_progress_reflects_the_pace_errors_there():
 
     digest = est.empty_digest()
     for _ in range(40):
-        duration = 60_000 * math.exp(rng.gauss(0, 0.5))
-        est.record(digest, round(duration), _marks(duration, erratic()))
+        _learn(digest, 60_000 * math.exp(rng.gauss(0, 0.5)), erratic())
     early, late = _confidence(digest, 10, 6_000), _confidence(digest, 80, 50_000)
     assert early < 0.4 and late > 0.6
 
@@ -271,5 +282,20 @@ def test_confidence_is_calibrated_on_fresh_jobs():
             claimed.append(estimate.confidence)
             error = abs(estimate.remaining_ms - duration) / duration
             landed.append(1.0 if error <= est.TOLERANCE else 0.0)
-        est.record(digest, round(duration), _marks(duration))
+        _learn(digest, duration)
     assert sum(claimed) / len(claimed) == pytest.approx(sum(landed) / len(landed), abs=0.08)
+
+
+def test_a_completion_scores_the_forecasts_its_job_was_shown():
+    digest = _digest_of([60_000] * 6)
+    before = dict(digest["s"]["50"])
+    # Shown at 50 % after 30 s: rate 30 s left (right), history 60 s left (wrong).
+    shown = [30_000, math.log(30_000), {"rate": math.log(30_000), "history": math.log(60_000)}]
+    junk = {"20": "not a forecast", "55": shown, "90": [1, 2]}
+    est.record(digest, 60_000, _marks(60_000), 0.0, {"50": shown, **junk})
+    after = digest["s"]["50"]
+    assert after["rate"][1] == before["rate"][1] + 1 and after["rate"][0] <= before["rate"][0]
+    assert after["history"][0] > before["history"][0]  # (log 2)^2 joined its moving mean
+    assert after["hit"][1] == before["hit"][1] + 1
+    assert after["shape"] == before["shape"]  # not shown: not scored
+    assert digest["s"]["20"] == _digest_of([60_000] * 6)["s"]["20"]  # junk ignored

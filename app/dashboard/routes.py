@@ -384,7 +384,7 @@ async def cancel(job_id: str, request: Request) -> Response:
 @router.post("/dashboard/eta/reset")
 async def reset_eta(request: Request) -> Response:
     async def act(session: Session, form: dict[str, str]) -> Response:
-        key = _text(form.get("etaKey"), "etaKey", 100)
+        key = _text(form.get("etaKey"), "etaKey", 100 + len(eta.PARENT_SUFFIX))
         if key is None:
             raise ValidationFailed("etaKey is required")
         await deps.write(request, session.principal, lambda s: eta.reset(s.repo, s.owner, key))

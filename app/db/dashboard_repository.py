@@ -69,7 +69,8 @@ _ETA_ACCURACY = text(
     """
     WITH done AS (
         SELECT e.job_id,
-               coalesce(nullif(e.payload->>'workflowId', ''), e.payload->>'jobType') AS eta_key,
+               coalesce(nullif(e.payload->>'workflowId', ''), e.payload->>'jobType')
+               || CASE WHEN e.payload ? 'children' THEN '#parent' ELSE '' END AS eta_key,
                (e.payload->>'completedAt')::timestamptz AS completed_at
         FROM events e JOIN event_streams s ON s.stream_id = e.stream_id
         WHERE s.app_id = :app_id AND s.mode = :mode AND e.event = 'job.completed'

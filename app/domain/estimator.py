@@ -10,14 +10,16 @@ State per ETA key (the ``eta_stats.digest`` jsonb), all of fixed maximum size:
 - ``lm``/``lv``: an exponentially weighted mean and variance of log(duration);
 - ``r``: the profiles of the last ``RESERVOIR`` completed jobs: duration (ms) and the share
   of it elapsed when each decile of progress (10 %, ..., 90 %) was first reached;
-- ``s``: per decile (0 = before any progress), the moving squared log-error of each
-  candidate forecast and the moving rate at which the blended estimate landed within
-  ``TOLERANCE`` of the truth, both scored on each completed job *before* it is learned
-  from (prequential scoring): the blend weights and the confidence;
+- ``s``: per decile band (0 = at creation, 10 = the first update from 10 % to 19 %, ...),
+  the moving squared log-error of each candidate forecast and the moving rate at which the
+  blended estimate landed within ``TOLERANCE`` of the truth. A job keeps the forecasts it
+  was shown (``jobs.eta_state.f``, made before it completed: prequential scoring), and its
+  completion scores them: the blend weights and the confidence;
 - ``w``: the moving mean queue wait (creation to processing start) in ms.
 
 Per job (``jobs.eta_state``) we keep the elapsed milliseconds at which each decile was
-first reached, so a completion can teach the key its profile.
+first reached (``m``), so a completion can teach the key its profile, and the forecasts made
+at the first update of each band (``f``), so it can score them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ GAMMA = 1.02
 _LOG_GAMMA = math.log(GAMMA)
 MAX_BUCKET = 1200  # GAMMA**1200 ms is about 243 days: longer durations share the last bucket
 DECILES = tuple(range(10, 100, 10))
-SCORED_AT = (0, *DECILES)  # progress values at which past jobs' estimates are scored
+SCORED_AT = (0, *DECILES)  # bands in which past jobs' estimates are scored
+_BANDS = frozenset(str(d) for d in SCORED_AT)
 HISTORY_MIN = 5  # completions needed before history is trusted (CONTRACT.md, "use 5")
 FULL_CONFIDENCE = 50  # /v1/eta's sample-size confidence: min(count / 50, 1)
 RESERVOIR = 20  # job profiles kept per key (the most recent ones)
@@ -121,8 +124,8 @@ def _profile(duration_ms: int, milestones: dict[str, Any] | None) -> list[int]:
 
 
 def _rounded(pair: list[float]) -> list[float]:
-    """A moving score with 4 significant digits (enough, and a smaller digest)."""
-    return [float(f"{pair[0]:.4g}"), pair[1]]
+    """A moving score to 5 decimals (errors below the 0.0025 floor count as the floor)."""
+    return [round(pair[0], 5), pair[1]]
 
 
 def record(
@@ -130,20 +133,22 @@ def record(
     duration_ms: int,
     milestones: dict[str, Any] | None,
     wait_ms: float = 0.0,
+    forecasts: dict[str, Any] | None = None,
 ) -> None:
     """Fold one completed job into ``digest`` (in place).
 
-    Before learning from the job, the estimates the key would have shown at each decile
-    (from the job's own milestones) are scored against its real remaining time: the
-    squared log-error of each candidate forecast and whether the blend landed within
-    ``TOLERANCE``. These moving scores set the blend weights and the confidence.
+    ``forecasts`` are the job's stored forecasts per band (see ``forecast_entry``): each is
+    scored against the job's real remaining time at that point (the squared log-error of
+    each candidate, and whether the blend landed within ``TOLERANCE``). These moving scores
+    set the blend weights and the confidence. Scoring is a few dozen operations: the
+    forecasts were computed by the job's own progress writes.
     """
     duration_ms = max(1, duration_ms)
     if int(digest.get("v", 1)) < 2:  # a digest from before profiles: keep its histogram
         for old in ("c", "pe"):
             digest.pop(old, None)
         digest.update({k: v for k, v in empty_digest().items() if k not in ("h", "n")})
-    _score(digest, duration_ms, milestones or {})
+    _score(digest, duration_ms, forecasts or {})
     log_duration = math.log(duration_ms)
     hist: dict[str, int] = digest.setdefault("h", {})
     key = str(bucket_of(duration_ms))
@@ -159,29 +164,51 @@ def record(
     del reservoir[:-RESERVOIR]
 
 
-def _score(digest: dict[str, Any], duration_ms: int, milestones: dict[str, Any]) -> None:
-    reservoir = digest.get("r") or []
-    if len(reservoir) < 2:
-        return
+def _score(digest: dict[str, Any], duration_ms: int, forecasts: dict[str, Any]) -> None:
     scores: dict[str, dict[str, Any]] = digest.setdefault("s", {})
-    model = Model(reservoir, scores)
-    for decile in SCORED_AT:
-        elapsed = 0.0 if decile == 0 else milestones.get(str(decile))
-        if elapsed is None:
+    for band, entry in forecasts.items():
+        try:
+            elapsed, blended, candidates = float(entry[0]), float(entry[1]), dict(entry[2])
+        except (TypeError, ValueError, IndexError, KeyError):
+            continue  # not a forecast this code wrote
+        truth = duration_ms - elapsed
+        if band not in _BANDS or truth < 0.01 * duration_ms:
             continue
-        truth = duration_ms - float(elapsed)
-        if truth < 0.01 * duration_ms:
-            continue
-        forecasts = model.candidates(decile, float(elapsed))
-        if not forecasts:
-            continue
-        blended = model.blend(decile, forecasts)
-        entry = scores.setdefault(str(decile), {})
         log_truth = math.log(truth)
-        for name, value in forecasts.items():
-            entry[name] = _rounded(_ew_mean(entry.get(name), (value - log_truth) ** 2))
+        scored = scores.setdefault(band, {})
+        for name, value in candidates.items():
+            if name in CANDIDATES:
+                scored[name] = _rounded(_ew_mean(scored.get(name), (value - log_truth) ** 2))
         hit = abs(math.exp(blended) - truth) <= TOLERANCE * truth
-        entry["hit"] = _rounded(_ew_mean(entry.get("hit"), 1.0 if hit else 0.0))
+        scored["hit"] = _rounded(_ew_mean(scored.get("hit"), 1.0 if hit else 0.0))
+
+
+def band_of(progress: float) -> str | None:
+    """The scoring band of a forecast made at ``progress``: "0" (before any progress, i.e.
+    at creation), "10" ... "90"; None for 0 < progress < 10 and for 100."""
+    if progress <= 0:
+        return "0"
+    if progress < 10 or progress >= 100:
+        return None
+    return str(int(progress // 10) * 10)
+
+
+def forecast_entry(
+    history: History, estimate: Estimate | None, progress: float, elapsed_ms: float
+) -> list[Any] | None:
+    """What a job stores of its estimate, to have it scored when it completes.
+
+    A young key (2-4 completions) shows the cold estimate, or none; its model's forecasts
+    are computed here all the same, so they are scored from the key's third job on.
+    """
+    forecasts, blended = (estimate.forecasts, estimate.blended) if estimate else (None, None)
+    if (forecasts is None or blended is None) and history.model is not None:
+        forecasts = history.model.candidates(progress, elapsed_ms)
+        blended = history.model.blend(progress, forecasts) if forecasts else None
+    if not forecasts or blended is None:
+        return None
+    values = {name: round(value, 4) for name, value in forecasts.items()}
+    return [round(elapsed_ms), round(blended, 4), values]
 
 
 def milestones_after(
@@ -312,12 +339,9 @@ class History:
     count: int
     log_mean: float | None = None  # from a default guess (cold key) or the moving mean
     log_var: float = _GUESS_VAR
-    model: Model | None = None  # set once the key has HISTORY_MIN profiled completions
+    model: Model | None = None  # from 2 profiled completions (forecasts to be scored)
     wait_ms: float = 0.0  # the key's moving mean queue wait
-
-    @property
-    def learned(self) -> bool:
-        return self.model is not None
+    learned: bool = False  # HISTORY_MIN completions: the model's estimate is shown
 
 
 def history_of(
@@ -325,20 +349,16 @@ def history_of(
 ) -> History:
     """The prior for a job: learned profiles from 5 completions, else the given/default guess."""
     profiles = (digest or {}).get("r") or []
-    if count >= HISTORY_MIN and len(profiles) >= HISTORY_MIN:
+    model = Model(profiles, (digest or {}).get("s") or {}) if len(profiles) >= 2 else None
+    if model is not None and count >= HISTORY_MIN and len(profiles) >= HISTORY_MIN:
         assert digest is not None
         wait = digest.get("w") or [0.0, 0]
-        return History(
-            count,
-            float(digest["lm"]),
-            float(digest["lv"]),
-            Model(profiles, digest.get("s") or {}),
-            float(wait[0]),
-        )
+        lm, lv = float(digest["lm"]), float(digest["lv"])
+        return History(count, lm, lv, model, float(wait[0]), learned=True)
     guess = given_ms if given_ms is not None else default_ms
     if guess is not None and guess > 0:
-        return History(count, math.log(guess), _GUESS_VAR)
-    return History(count)
+        return History(count, math.log(guess), _GUESS_VAR, model)
+    return History(count, model=model)
 
 
 @dataclass(frozen=True)
@@ -346,6 +366,9 @@ class Estimate:
     remaining_ms: float
     from_history: bool
     confidence: float | None = None  # set when from_history
+    # The model's forecasts (log ms of processing left) and their blend, for scoring.
+    forecasts: dict[str, float] | None = None
+    blended: float | None = None
 
 
 def remaining(
@@ -362,16 +385,17 @@ def remaining(
     if progress >= 100:
         return Estimate(0.0, False)
     model = history.model
-    if model is not None:
-        forecasts = model.candidates(progress, max(elapsed_ms, 0.0))
-        if forecasts:
-            left = math.exp(model.blend(progress, forecasts))
-        else:  # running longer than every job on record, still at 0 %
-            left = 0.1 * max(elapsed_ms, math.exp(history.log_mean or 0.0))
-        if pending:
-            left += history.wait_ms
-        return Estimate(left, True, model.confidence(progress))
-    return _cold(history, progress, elapsed_ms)
+    if model is None or not history.learned:
+        return _cold(history, progress, elapsed_ms)
+    forecasts = model.candidates(progress, max(elapsed_ms, 0.0))
+    blended = model.blend(progress, forecasts) if forecasts else None
+    if blended is not None:
+        left = math.exp(blended)
+    else:  # running longer than every job on record, still at 0 %
+        left = 0.1 * max(elapsed_ms, math.exp(history.log_mean or 0.0))
+    if pending:
+        left += history.wait_ms
+    return Estimate(left, True, model.confidence(progress), forecasts or None, blended)
 
 
 def _cold(history: History, progress: float, elapsed_ms: float) -> Estimate | None:

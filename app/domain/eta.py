@@ -103,7 +103,12 @@ async def at_creation(repo: Repository, owner: Owner, cmd: CreateJob, now: datet
     if cmd.estimatedCompletionAt is not None:
         return {"estimated_completion_at": cmd.estimatedCompletionAt}
     history = _history(stats, given)
-    return _eta_columns(history, estimator.remaining(history, 0, 0, pending=True), now)
+    estimate = estimator.remaining(history, 0, 0, pending=True)
+    columns = _eta_columns(history, estimate, now)
+    entry = estimator.forecast_entry(history, estimate, 0, 0)
+    if entry is not None:
+        columns["eta_state"] = {"f": {"0": entry}}
+    return columns
 
 
 def on_progress(job: Row, stats: Row | None, cmd: UpdateProgress, now: datetime) -> Row:
@@ -121,7 +126,9 @@ def on_progress(job: Row, stats: Row | None, cmd: UpdateProgress, now: datetime)
             "eta_based_on": None,
         }
     history = _history(stats, job["estimated_duration"])
-    estimate = estimator.remaining(history, cmd.progress, _ms(now - origin))
+    elapsed = _ms(now - origin)
+    estimate = estimator.remaining(history, cmd.progress, elapsed)
+    state = _kept(state, history, cmd.progress, estimate, elapsed)
     return {"eta_state": state, **_eta_columns(history, estimate, now)}
 
 
@@ -136,7 +143,9 @@ def for_parent(parent: Row, stats: Row | None, changes: Row, now: datetime) -> R
         return {}  # nothing new to learn from; keep the standing estimate
     state = _milestones(parent, progress, origin, now)
     history = _history(stats, parent["estimated_duration"])
-    estimate = estimator.remaining(history, progress, _ms(now - origin))
+    elapsed = _ms(now - origin)
+    estimate = estimator.remaining(history, progress, elapsed)
+    state = _kept(state, history, progress, estimate, elapsed)
     return {"eta_state": state, **_eta_columns(history, estimate, now)}
 
 
@@ -168,7 +177,7 @@ async def on_complete(
         else await stats_repo.lock(owner, key, estimator.empty_digest(), now)
     )
     digest = stats["digest"] or estimator.empty_digest()
-    estimator.record(digest, duration, state["m"], wait)
+    estimator.record(digest, duration, state["m"], wait, state.get("f"))
     count = int(stats["count"])
     return Staged(
         "eta_stats",
@@ -182,6 +191,22 @@ async def on_complete(
             "last_updated": now,
         },
     )
+
+
+def _kept(
+    state: dict[str, Any],
+    history: estimator.History,
+    progress: int,
+    estimate: estimator.Estimate | None,
+    elapsed_ms: float,
+) -> dict[str, Any]:
+    """The job's state plus this estimate's forecasts, if it is the first of its band."""
+    band = estimator.band_of(progress)
+    kept: dict[str, Any] = state.get("f") or {}
+    if band is None or band in kept:
+        return state
+    entry = estimator.forecast_entry(history, estimate, progress, elapsed_ms)
+    return state if entry is None else {**state, "f": {**kept, band: entry}}
 
 
 def _milestones(job: Row, progress: int, origin: datetime, now: datetime) -> dict[str, Any]:
