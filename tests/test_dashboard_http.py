@@ -182,3 +182,26 @@ async def test_a_session_works_on_every_replica_and_the_feed_hears_other_replica
             job = await create_job(client, title="Written on the first replica")
             seen = await _events(lines, job["id"])
     assert seen[-1][0] == "job.started"
+
+
+async def test_eta_page_keeps_a_batchs_parent_apart_from_its_children(
+    server, keys: AppKeys, client: httpx.AsyncClient
+) -> None:
+    # One jobType for the parent and its child (as createBatch sends them): the parent's
+    # statistics and its accuracy figure are under "<type>#parent", the child's under the type.
+    parent = await create_job(client, jobType="pdf", totalChildren=1)
+    child = await create_job(
+        client, jobType="pdf", parentJobId=parent["id"], childIndex=0, userId=parent["userId"]
+    )
+    for value in (10, 50):  # the parent starts with the first report, has an ETA at the next
+        answer = await client.post(f"/jobs/{child['id']}/progress", json={"progress": value})
+        assert answer.is_success
+    assert (await client.post(f"/jobs/{child['id']}/complete", json={})).is_success
+    c, _ = await _signed_in(server, keys.secret)
+    async with aclosing(c):
+        page = (await c.get("/dashboard/eta")).text
+    rows = {
+        key: row for key, row in re.findall(r'<tr data-eta-key="([^"]+)">(.*?)</tr>', page, re.S)
+    }
+    assert set(rows) == {"pdf", "pdf#parent"}
+    assert "n=1" in rows["pdf"] and "n=1" in rows["pdf#parent"]
