@@ -176,11 +176,13 @@ def _score(digest: dict[str, Any], duration_ms: int, forecasts: dict[str, Any]) 
             continue
         log_truth = math.log(truth)
         scored = scores.setdefault(band, {})
-        for name, value in candidates.items():
-            if name in CANDIDATES:
-                scored[name] = _rounded(_ew_mean(scored.get(name), (value - log_truth) ** 2))
         hit = abs(math.exp(blended) - truth) <= TOLERANCE * truth
-        scored["hit"] = _rounded(_ew_mean(scored.get("hit"), 1.0 if hit else 0.0))
+        errors = [(k, (v - log_truth) ** 2) for k, v in candidates.items() if k in CANDIDATES]
+        for name, x in [*errors, ("hit", 1.0 if hit else 0.0)]:
+            mean, n = scored.get(name) or (0.0, 0)  # _ew_mean and _rounded, inlined
+            n += 1
+            mean += (x - mean) / (n if n < _ERR_WINDOW else _ERR_WINDOW)
+            scored[name] = [round(mean, 5), n]
 
 
 def band_of(progress: float) -> str | None:
