@@ -42,11 +42,11 @@ CANDIDATES = ("rate", "shape", "analog", "history")
 # Weight of the newest sample in the moving statistics once a key has this many samples:
 # 1/n (a plain average) until then, so early history is not dominated by one job.
 _EW_WINDOW = 10
-_ERR_WINDOW = 20
+_ERR_WINDOW = 20  # forecast scores and hit rates: a moving mean over about 20 jobs
 _MIN_FRACTION = 1e-3  # a decile reached "instantly" still counts as 0.1 % of the duration
 _PRIOR_MSE = 0.25  # squared log-error assumed for an unscored forecast (one pseudo-job)
 _MSE_FLOOR = 0.0025  # never trust one forecast completely (5 % in log terms)
-_SHARPNESS = 1.0
+_SHARPNESS = 1.0  # blend weights ∝ mse ** -_SHARPNESS: inverse-MSE (Bates and Granger)
 _BANDWIDTH = 0.9  # Silverman's factor for the analog kernel's bandwidth
 _PRIOR_HITS = 2.0  # pseudo-observations at 50 % behind the confidence
 
