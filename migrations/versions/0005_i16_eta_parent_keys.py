@@ -1,7 +1,7 @@
 """ETA keys of parents: a job's key plus ``#parent`` (up to 107 characters).
 
 Revision ID: i16_eta_parent_keys
-Revises: i13_dashboard
+Revises: i14_tokens
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "i16_eta_parent_keys"
-down_revision = "i13_dashboard"
+down_revision = "i14_tokens"
 branch_labels = None
 depends_on = None
 
