@@ -5,6 +5,15 @@
 # keeps it in <data folder>/demo-key, readable by you only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# PostgreSQL does not run as root. As root (a container, a CI box) this script is the opt-in
+# that `seenn-server serve` asks for: PostgreSQL runs as the system user seenn-postgres
+# (created if missing) with its data in /var/lib/seenn-server, and no other folder is touched.
+if [ "$(id -u)" = 0 ] && [ -z "${DATABASE_URL:-}${SEENN_DATABASE_URL:-}" ]; then
+  export SEENN_EMBEDDED_PG_USER="${SEENN_EMBEDDED_PG_USER:-seenn-postgres}"
+  export SEENN_DATA_DIR="${SEENN_DATA_DIR:-/var/lib/seenn-server}"
+  echo "Running as root: the embedded PostgreSQL runs as the system user" \
+    "'$SEENN_EMBEDDED_PG_USER', with its data in $SEENN_DATA_DIR."
+fi
 data="${SEENN_DATA_DIR:-.seenn}"
 
 # Install only when pyproject.toml changed since the last install (or nothing is installed).
