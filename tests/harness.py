@@ -157,6 +157,7 @@ def start_server(
     env: dict[str, str] | None = None,
     port: int | None = None,
     args: tuple[str, ...] = (),
+    root: Path = ROOT,
 ) -> ServerProcess:
     """Start a server process (``serve`` with ``args``) and wait until it answers HTTP."""
     port = port or free_port()
@@ -175,7 +176,7 @@ def start_server(
             *(sys.executable, "-m", "app.cli", "serve"),
             *("--host", "127.0.0.1", "--port", str(port), *args),
         ],
-        cwd=ROOT,
+        cwd=root,  # the code under ``root`` is what runs (another checkout, in bench.compare)
         env=full_env,
         stdout=log_file,
         stderr=subprocess.STDOUT,

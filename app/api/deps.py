@@ -18,11 +18,12 @@ from app.db.repository import Owner, Repository, Row
 from app.domain import tokens
 from app.domain.errors import Forbidden, JobNotFound, NotFound, Unauthorized
 from app.domain.keys import KEY_RE, Principal, hash_key
-from app.domain.service import JobService
+from app.domain.service import JobService, NeedsLocks, WriteConflict
 
 T = TypeVar("T")
 _RETRYABLE_STATES = ("40P01", "40001")  # deadlock detected, serialization failure
 _ATTEMPTS = 3
+_OPTIMISTIC_ATTEMPTS = 3
 
 
 class KeyCache:
@@ -226,8 +227,16 @@ async def _write(
     action: Callable[[JobService], Awaitable[T]],
     render: Callable[[JobService, T], bytes],
 ) -> tuple[T, bytes]:
-    """The transaction of :func:`write`; ``render`` makes the body stored and sent."""
+    """The transaction of :func:`write`; ``render`` makes the body stored and sent.
+
+    A write without an ``Idempotency-Key`` is first tried optimistically (see
+    :func:`_write_unlocked`); the writes that need row locks run in a transaction.
+    """
     idem = await idempotency.from_request(request)
+    if idem is None:
+        done = await _write_unlocked(request, principal, action, render)
+        if done is not None:
+            return done
     for attempt in range(_ATTEMPTS):
         committing = False
         try:
@@ -247,7 +256,49 @@ async def _write(
             stale = not committing and attempt == 0 and _stale_connection(exc)
             if not stale and (sqlstate(exc) not in _RETRYABLE_STATES or attempt == _ATTEMPTS - 1):
                 raise
+    return result, _committed(request, service, body)
+
+
+def _committed(request: Request, service: JobService, body: bytes) -> bytes:
+    """Count the write's events and announce them, once it has committed."""
     if service.appended:
         request.app.state.metrics.events_written.inc(service.appended)
     request.app.state.notifier.notify(service.touched_streams)
-    return result, body
+    return body
+
+
+async def _write_unlocked(
+    request: Request,
+    principal: Principal,
+    action: Callable[[JobService], Awaitable[T]],
+    render: Callable[[JobService, T], bytes],
+) -> tuple[T, bytes] | None:
+    """The write as one statement outside a transaction, or None to take the locked path.
+
+    The job is read without a lock; the write's single statement applies only to the row
+    version read, appends the events with it and commits as it ends, so no lock is held
+    while this process computes or while its event loop runs other work. A write that
+    lost a race is recomputed from a fresh read; one the service cannot do this way
+    (anything but a job's progress) returns None before it has written anything, as does
+    a first read that finds its pooled connection dead.
+    """
+    for _ in range(_OPTIMISTIC_ATTEMPTS):
+        flushing = False
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                service = JobService(Repository(conn), owner_of(principal), optimistic=True)
+                result = await action(service)
+                flushing = True
+                await service.flush_events()
+                body = render(service, result)
+        except NeedsLocks:
+            return None
+        except WriteConflict:
+            continue
+        except DBAPIError as exc:
+            if flushing or not _stale_connection(exc):
+                raise
+            return None
+        return result, _committed(request, service, body)
+    return None  # contended: queue on the row lock instead

@@ -54,6 +54,9 @@ class Staged:
     key: Row
     values: Row
     insert: bool = False
+    # The row version (xmin) the change was computed from: the change applies only if the
+    # row is still that version (an optimistic write, see ``Repository.write``).
+    version: int | None = None
 
 
 _TABLES = {t.name: t for t in (jobs, eta_stats)}
@@ -126,6 +129,12 @@ _LOCK_PARENT_OF = text(
     + ") AND j.expires_at > :now FOR UPDATE OF j"
 ).columns(*_JOINED)
 _LOCK_BY_ID = text(_WITH_ETA + "WHERE j.id = :id FOR UPDATE OF j").columns(*_JOINED)
+# The same as _LOCK_PLAIN without the lock, with the row's version (its xmin) instead.
+_READ_PLAIN = text(
+    _WITH_ETA.replace("SELECT j.*,", "SELECT j.*, j.xmin::text::bigint AS row_version,")
+    + "WHERE j.id = :id AND j.parent_job_id IS NULL AND j."
+    + _OWNED.replace(" AND ", " AND j.")
+).columns(*_JOINED, column("row_version", BigInteger))
 _SHARE_LOCK_OWNED = text("SELECT * FROM jobs WHERE id = :id AND " + _OWNED + " FOR SHARE")
 _ETA_COLUMNS = ("eta_count", "eta_digest", "eta_default_duration")
 
@@ -149,7 +158,7 @@ def _split_eta(row: Any) -> tuple[Row, Row | None]:
 _APPEND_CTES = """
     s AS (
         INSERT INTO event_streams AS es (app_id, mode, user_id, last_seq)
-        VALUES (:app_id, :mode, :user_id, :n)
+        SELECT :app_id, :mode, :user_id, :n WHERE {guard}
         ON CONFLICT (app_id, mode, user_id) DO UPDATE SET last_seq = es.last_seq + :n
         RETURNING stream_id, last_seq
     ),
@@ -168,11 +177,12 @@ _EVENT_PARAMS = (
 )
 # One result row per event appended (the events metric counts rows of INSERT INTO events).
 _APPEND_EVENTS = text(
-    "WITH" + _APPEND_CTES + "SELECT s.stream_id, s.last_seq FROM s, appended"
+    "WITH" + _APPEND_CTES.format(guard="true") + "SELECT s.stream_id, s.last_seq FROM s, appended"
 ).bindparams(*_EVENT_PARAMS)
 
 
-Shape = tuple[str, tuple[str, ...], tuple[str, ...], bool]  # table, key, values, insert
+# table, key, values, insert, versioned
+Shape = tuple[str, tuple[str, ...], tuple[str, ...], bool, bool]
 
 
 @lru_cache(maxsize=512)
@@ -182,9 +192,16 @@ def _write_statement(shapes: tuple[Shape, ...]) -> TextClause:
     Updated rows are already row-locked by this transaction, so the only lock it takes is
     the stream counter's, last. Cached per shape: a handful of shapes cover every write.
     The third column counts the rows changed (an insert into a taken slot changes none).
+
+    A versioned change (``Staged.version``) applies only to the row version it was computed
+    from, and then the events are appended only if every change applied: otherwise the
+    statement changes nothing and returns no row. Sent outside a transaction, such a
+    statement is a whole write on its own, committed as it ends, with no lock held while
+    the application computes.
     """
     ctes, params = [], []
-    for i, (name, key, columns, inserting) in enumerate(shapes):
+    versioned = False
+    for i, (name, key, columns, inserting, has_version) in enumerate(shapes):
         table = _TABLES[name]
         if inserting:
             ctes.append(
@@ -195,12 +212,17 @@ def _write_statement(shapes: tuple[Shape, ...]) -> TextClause:
         else:
             sets = ", ".join(f"{c} = :c{i}_{c}" for c in columns)
             where = " AND ".join(f"{k} = :c{i}_k_{k}" for k in key)
+            if has_version:
+                versioned = True
+                where += f" AND xmin::text::bigint = :c{i}_version"
+                params.append(bindparam(f"c{i}_version", type_=BigInteger))
             ctes.append(f"c{i} AS (UPDATE {name} SET {sets} WHERE {where} RETURNING 1)\n")
             params += [bindparam(f"c{i}_k_{k}", type_=table.c[k].type) for k in key]
         params += [bindparam(f"c{i}_{c}", type_=table.c[c].type) for c in columns]
     changed = " + ".join(f"(SELECT count(*) FROM c{i})" for i in range(len(shapes)))
+    guard = f"{changed} = {len(shapes)}" if versioned else "true"
     sql = (
-        f"WITH {', '.join(ctes)}, {_APPEND_CTES}"
+        f"WITH {', '.join(ctes)}, {_APPEND_CTES.format(guard=guard)}"
         f"SELECT s.stream_id, s.last_seq, {changed} AS changed FROM s, appended"
     )
     return text(sql).bindparams(*params, *_EVENT_PARAMS)
@@ -249,6 +271,15 @@ class Repository:
         """
         params = _owned(owner, job_id, now)
         row = await self.driver.fetchrow(_LOCK_PLAIN, params)
+        return _split_eta(row) if row else None
+
+    async def read_plain_job(
+        self, owner: Owner, job_id: str, now: datetime
+    ) -> tuple[Row, Row | None] | None:
+        """:meth:`lock_plain_job` without the lock: the job carries ``row_version``, for a
+        versioned change (``Staged.version``)."""
+        params = _owned(owner, job_id, now)
+        row = await self.driver.fetchrow(_READ_PLAIN, params)
         return _split_eta(row) if row else None
 
     async def lock_parent_of(
@@ -331,21 +362,29 @@ class Repository:
         changes: Sequence[Staged],
         items: Sequence[tuple[str, str, dict[str, Any]]],
         now: datetime,
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int] | None:
         """Apply the staged row changes and append ``items``, in one statement.
 
         Returns ``(stream_id, last_seq)`` like :meth:`append_events`; raises
-        ``UniqueViolation`` when a staged child insert found its slot taken.
+        ``UniqueViolation`` when a staged child insert found its slot taken. Returns None,
+        having changed nothing, when a versioned change found its row changed since.
         """
         if not changes:
             return await self.append_events(owner, user_id, items, now)
         params = _event_params(owner, user_id, items, now)
         shapes = []
         for i, change in enumerate(changes):
-            shapes.append((change.table, tuple(change.key), tuple(change.values), change.insert))
+            versioned = change.version is not None
+            shapes.append(
+                (change.table, tuple(change.key), tuple(change.values), change.insert, versioned)
+            )
             params.update((f"c{i}_k_{k}", v) for k, v in change.key.items())
             params.update((f"c{i}_{c}", v) for c, v in change.values.items())
+            if versioned:
+                params[f"c{i}_version"] = change.version
         row = await self.driver.fetchrow(_write_statement(tuple(shapes)), params)
+        if row is None and any(change.version is not None for change in changes):
+            return None
         assert row is not None, "no events to append"
         if row["changed"] != len(changes):
             if any(change.insert for change in changes):

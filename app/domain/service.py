@@ -56,6 +56,14 @@ _BLANK_JOB: Row = {column.name: None for column in jobs.c}  # a new row's unset 
 NO_ETA: Row = {"estimated_completion_at": None, "eta_confidence": None, "eta_based_on": None}
 
 
+class NeedsLocks(Exception):  # noqa: N818 - control flow, not an error
+    """This write cannot be done optimistically; run it in a transaction, with row locks."""
+
+
+class WriteConflict(Exception):  # noqa: N818 - control flow, not an error
+    """An optimistic write found its row changed since it was read; nothing was written."""
+
+
 @dataclass
 class JobService:
     """One write (or read) on behalf of ``owner``; events are appended before commit."""
@@ -69,6 +77,11 @@ class JobService:
     # (stream_id, last_seq) of each stream this write appended to, for the notifier.
     touched_streams: list[tuple[int, int]] = field(default_factory=list)
     appended: int = 0  # events this write appended (counted by the caller once committed)
+    # Optimistic: no transaction and no row lock. The job is read with its row version and
+    # the whole write is one statement that applies only to that version (WriteConflict
+    # otherwise). Only a progress report on a job that is not a child is written so; any
+    # other write raises NeedsLocks before it writes anything.
+    optimistic: bool = False
     # The job view of each row this write emitted, by job id: rendered once, shared by the
     # event, the idempotency record and the response.
     _views: dict[str, tuple[Row, dict[str, Any]]] = field(default_factory=dict)
@@ -99,6 +112,7 @@ class JobService:
     # --- writes -------------------------------------------------------------------------
 
     async def create(self, cmd: CreateJob) -> Row:
+        self._needs_locks()
         values: Row = {
             "id": str(ULID()),
             "app_id": self.owner.app_id,
@@ -170,6 +184,7 @@ class JobService:
         return updated
 
     async def complete(self, job_id: str, cmd: CompleteJob) -> Row:
+        self._needs_locks()
         job, _, parent = await self._lock_for_write(job_id)
         changes: Row = {
             "status": COMPLETED,
@@ -189,6 +204,7 @@ class JobService:
         return updated
 
     async def fail(self, job_id: str, cmd: FailJob) -> Row:
+        self._needs_locks()
         job, _, parent = await self._lock_for_write(job_id)
         changes: Row = {
             "status": FAILED,
@@ -203,6 +219,7 @@ class JobService:
         return updated
 
     async def cancel(self, job_id: str, cmd: CancelJob) -> Row:
+        self._needs_locks()
         job, _, parent = await self._lock_for_write(job_id, allow_parent=True)
         changes: Row = {
             "status": CANCELLED,
@@ -257,6 +274,8 @@ class JobService:
         staged, events, self._staged, self._events = self._staged, self._events, [], []
         if events and self._user_id is not None:
             stream = await self.repo.write(self.owner, self._user_id, staged, events, self.now)
+            if stream is None:
+                raise WriteConflict()
             self.touched_streams.append(stream)
             self.appended += len(events)
         elif staged:  # every write emits events
@@ -272,6 +291,10 @@ class JobService:
         return rendered
 
     # --- internals ----------------------------------------------------------------------
+
+    def _needs_locks(self) -> None:
+        if self.optimistic:
+            raise NeedsLocks()
 
     def _emit(self, name: str, job: Row, payload: Row | None = None) -> None:
         """Queue an event about ``job`` (its view, unless ``payload`` is given)."""
@@ -336,7 +359,12 @@ class JobService:
         parent has expired is as gone as the parent: ``JobNotFound``.
         """
         parent = None
-        locked = await self.repo.lock_plain_job(self.owner, job_id, self.now)
+        if self.optimistic:
+            locked = await self.repo.read_plain_job(self.owner, job_id, self.now)
+            if locked is None or locked[0]["total_children"] is not None:
+                raise NeedsLocks()  # a child, a parent, or no such job: the locked path decides
+        else:
+            locked = await self.repo.lock_plain_job(self.owner, job_id, self.now)
         if locked is None:
             parent = await self.repo.lock_parent_of(self.owner, job_id, self.now)
             locked = await self.repo.lock_job(job_id) if parent is not None else None
@@ -357,7 +385,8 @@ class JobService:
 
     def _stage(self, job: Row, changes: Row) -> Row:
         """Record ``changes`` for the final statement; returns the row as it will be stored."""
-        self._staged.append(Staged("jobs", {"id": job["id"]}, changes))
+        version = job.pop("row_version", None) if self.optimistic else None
+        self._staged.append(Staged("jobs", {"id": job["id"]}, changes, version=version))
         return {**job, **changes}
 
     async def _write(self, job: Row, parent: Locked | None, changes: Row, event: str) -> Row:
