@@ -79,8 +79,8 @@ class JobService:
     appended: int = 0  # events this write appended (counted by the caller once committed)
     # Optimistic: no transaction and no row lock. The job is read with its row version and
     # the whole write is one statement that applies only to that version (WriteConflict
-    # otherwise). Only a progress report on a job that is not a child is written so; any
-    # other write raises NeedsLocks before it writes anything.
+    # otherwise). Only a progress report on a job that is not a child, with no push, is
+    # written so; any other write raises NeedsLocks before it writes anything.
     optimistic: bool = False
     # The job view of each row this write emitted, by job id: rendered once, shared by the
     # event, the idempotency record and the response.
@@ -248,6 +248,7 @@ class JobService:
         """The outbox hook: a write whose body carries ``push`` records its deliveries in
         this transaction (they commit, or roll back, with the job's change)."""
         if options is not None:
+            self._needs_locks()  # the outbox rows commit with the change: a transaction
             await push.queue_pushes(self.repo, self.owner, job, push.PushRequest(options, cta))
 
     async def _record_completion(self, job: Row, before: Row) -> None:
