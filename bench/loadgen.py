@@ -238,9 +238,43 @@ async def run_batch(spec: dict[str, Any]) -> dict[str, Any]:
     elapsed = time.monotonic() - t0
     parent_conn.close()
     body = final.json() if final.status == 200 else {}
+    # Then every child completed at once (a worker pool finishing the batch together).
+    listing = await parent_conn.request("GET", f"/v1/jobs/{parent_id}/children")
+    parent_conn.close()
+    ids: list[str | None] = [None] * n
+    listed = listing.json() if listing.status == 200 else {}
+    for c in listed.get("children", []):  # type: ignore[union-attr]
+        ids[c["childIndex"]] = c["id"]
+    done: Counter[int] = Counter()
+
+    async def finish(job_id: str) -> None:
+        conn = Connection(spec["base"], headers)
+        try:
+            resp = await conn.request("POST", f"/v1/jobs/{job_id}/complete", {})
+            done[resp.status] += 1
+            if resp.status != 200 and len(samples) < 10:
+                samples.append(f"complete {resp.status} {resp.body[:200]!r}")
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            done[0] += 1
+            if len(samples) < 10:
+                samples.append(repr(exc))
+        finally:
+            conn.close()
+
+    t1 = time.monotonic()
+    await asyncio.gather(*(finish(i) for i in ids if i is not None))
+    complete_seconds = time.monotonic() - t1
+    after = await parent_conn.request("GET", f"/v1/jobs/{parent_id}")
+    parent_conn.close()
+    after_body = after.json() if after.status == 200 else {}
     return {
         "children": n,
         "seconds": elapsed,
+        "complete_seconds": complete_seconds,
+        "complete_statuses": {str(k): v for k, v in done.items()},
+        "complete_errors": sum(v for k, v in done.items() if k != 200)
+        + sum(1 for i in ids if i is None),
+        "parent_status_after": after_body.get("status"),  # type: ignore[union-attr]
         "statuses": {str(k): v for k, v in statuses.items()},
         "errors": sum(v for k, v in statuses.items() if k != 201),
         "error_samples": samples,
