@@ -10,6 +10,8 @@ from app.api.responses import error_response
 
 
 def _utf8(raw: bytes) -> bool:
+    if raw.isascii() and b"%" not in raw:
+        return True  # nothing to decode (the usual case): no copy, no decoding
     try:
         unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:
