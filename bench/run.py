@@ -1108,6 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrencies", type=int, nargs="*", default=None, help="override the sizes'"
     )
     parser.add_argument("--duration", type=float, default=None, help="seconds per load run")
+    parser.add_argument("--complete-jobs", type=int, default=None, help="jobs completed per run")
     parser.add_argument(
         "--sse-subscribers", type=int, nargs="*", default=None, help="override the sizes'"
     )
@@ -1117,6 +1118,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes.concurrencies = args.concurrencies
     if args.duration:
         sizes.duration = args.duration
+    if args.complete_jobs:
+        sizes.complete_jobs = args.complete_jobs
     if args.sse_subscribers:
         sizes.sse_subscribers = args.sse_subscribers
     out: Path = args.out
