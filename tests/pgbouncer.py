@@ -7,6 +7,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,22 +26,25 @@ def pgbouncer_binary() -> str | None:
 
 
 @contextmanager
-def running_pgbouncer(database_url: str, directory: Path, pool_size: int = 4) -> Iterator[str]:
+def running_pgbouncer(database_url: str, pool_size: int = 4) -> Iterator[str]:
     """PgBouncer in front of ``database_url``'s database, ``pool_mode = transaction``, with
-    at most ``pool_size`` server connections; yields the URL that goes through it."""
+    at most ``pool_size`` server connections; yields the URL that goes through it.
+
+    Its files live in a directory of their own under the system temp dir: run as root,
+    PgBouncer switches to an unprivileged user, who must reach them (pytest's temp dirs
+    are private to root)."""
     binary = pgbouncer_binary()
     assert binary is not None, "pgbouncer is not installed"
     target = make_url(database_url)
     port = free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o777)  # run as root, PgBouncer switches to an unprivileged user
+    directory = Path(tempfile.mkdtemp(prefix="seenn-pgbouncer-"))
+    directory.chmod(0o777)
     config = directory / "pgbouncer.ini"
     socket_dir = target.query.get("host")  # a Unix socket (the embedded server's)
     host = socket_dir if isinstance(socket_dir, str) else target.host or "127.0.0.1"
-    server = (
-        f"host={host} port={target.port or 5432} "
-        f"dbname={target.database} user={target.username}"
-        + (f" password={target.password}" if target.password else "")
+    server_port = target.query.get("port") or target.port or 5432
+    server = f"host={host} port={server_port} dbname={target.database} user={target.username}" + (
+        f" password={target.password}" if target.password else ""
     )
     config.write_text(
         "[databases]\n"
@@ -76,7 +80,7 @@ def running_pgbouncer(database_url: str, directory: Path, pool_size: int = 4) ->
                     text = log.read_text() if log.exists() else ""
                     raise RuntimeError(f"pgbouncer did not start:\n{text}") from None
                 time.sleep(0.05)
-        through = target.set(host="127.0.0.1", port=port).difference_update_query(["host"])
+        through = target.set(host="127.0.0.1", port=port).difference_update_query(["host", "port"])
         yield through.render_as_string(hide_password=False)
     finally:
         process.terminate()
@@ -85,3 +89,4 @@ def running_pgbouncer(database_url: str, directory: Path, pool_size: int = 4) ->
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(pgbouncer_binary() is None, reason="pgbouncer no
 
 @pytest.fixture(scope="module")
 def pooled(database_url: str, workdir: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    with running_pgbouncer(database_url, workdir / "pgbouncer", pool_size=4) as through:
+    with running_pgbouncer(database_url, pool_size=4) as through:
         env = {
             "SEENN_LISTEN_DATABASE_URL": database_url,
             "SEENN_DB_PREPARED_STATEMENTS": "false",
