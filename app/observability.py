@@ -334,6 +334,17 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class CutStreamFilter(logging.Filter):
+    """Drops the server's "Exception in ASGI application" for an SSE stream cut because
+    its client stopped reading: the stream logs that itself, as an ordinary event."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from sse_starlette.sse import SendTimeoutError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, SendTimeoutError)
+
+
 def _utc_time(record: logging.LogRecord) -> str:
     base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
     return f"{base}.{int(record.msecs):03d}Z"
@@ -381,7 +392,10 @@ def logging_config(settings: Settings) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": RequestIdFilter}},
+        "filters": {
+            "request_id": {"()": RequestIdFilter},
+            "cut_stream": {"()": CutStreamFilter},
+        },
         "formatters": {"default": {"()": JsonFormatter if settings.log_json else TextFormatter}},
         "handlers": {
             "default": {
@@ -394,7 +408,12 @@ def logging_config(settings: Settings) -> dict[str, Any]:
         "loggers": {
             # uvicorn's loggers write through the root handler, in the same format.
             "uvicorn": {"handlers": [], "propagate": True, "level": level},
-            "uvicorn.error": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.error": {
+                "handlers": [],
+                "propagate": True,
+                "level": level,
+                "filters": ["cut_stream"],
+            },
             # Our access log replaces uvicorn's (it has the route and the request id).
             "uvicorn.access": {"handlers": [], "propagate": False},
         },

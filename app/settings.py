@@ -118,7 +118,8 @@ class Settings(BaseSettings):
     sse_max_connections_per_user: int = Field(
         default=10,
         ge=1,
-        description="Open SSE streams per API key and userId per replica; more get 429.",
+        description="Open SSE streams per API key and userId per replica; a new one closes "
+        "the oldest with `connection.idle` (reason `replaced`).",
     )
     idempotency_retention_hours: float = Field(
         default=24.0, gt=0, description="How long an Idempotency-Key and its response are kept."
@@ -154,14 +155,45 @@ class Settings(BaseSettings):
     sse_client_buffer: int = Field(
         default=1000,
         ge=1,
-        description="Events queued for one slow SSE client before its stream is closed (it "
-        "resumes from its last id).",
+        description="Live events queued for one slow SSE client; beyond it the stream reads "
+        "what the client missed from the event log as the client reads.",
+    )
+    sse_client_buffer_bytes: int = Field(
+        default=262_144,
+        ge=8192,
+        description="Bytes of live events queued for one slow SSE client; beyond it the "
+        "stream reads what the client missed from the event log as the client reads.",
+    )
+    sse_max_event_bytes: int = Field(
+        default=7680,
+        ge=1024,
+        description="Largest SSE message: a job event that would be larger leaves out "
+        "`result.data`, then `metadata`, then `error.details`, and lists them in `omitted`. "
+        "At most the smallest read of your clients (8 KiB on Android).",
+    )
+    sse_send_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A write to an SSE client that makes no progress for this long cuts the "
+        "stream (a client that stopped reading).",
+    )
+    sse_retry_ms: int = Field(
+        default=3000,
+        ge=0,
+        description="The `retry:` hint sent on connect: how long browser `EventSource` waits "
+        "before it reconnects.",
     )
     sse_sync_limit: int = Field(
         default=1000,
         ge=1,
-        description="Most `job.sync` events sent on connect: the user's newest unfinished jobs, "
-        "in creation order.",
+        description="Most `job.sync` events sent on connect: the job named by `jobId` and "
+        "every parent first, then the user's newest other jobs, in creation order.",
+    )
+    sse_sync_finished_hours: float | None = Field(
+        default=None,
+        ge=0,
+        description="A connect without a usable `lastEventId` also syncs jobs that ended "
+        "within this many hours; unset: `SEENN_EVENT_RETENTION_HOURS`.",
     )
     sse_max_replay_events: int = Field(
         default=10_000,
@@ -249,6 +281,13 @@ class Settings(BaseSettings):
         description="On SIGTERM, keep serving this long with /readyz failing (so load balancers "
         "stop routing here) before SSE streams are closed and new connections refused.",
     )
+
+    @property
+    def sync_finished_window_hours(self) -> float:
+        """How far back a fresh connect syncs jobs that ended (default: the retention)."""
+        if self.sse_sync_finished_hours is None:
+            return self.event_retention_hours
+        return self.sse_sync_finished_hours
 
 
 @lru_cache

@@ -90,7 +90,7 @@ async def principal_for_key(request: Request, key: str) -> Principal:
             "one per user with POST /v1/tokens (secret key)"
         )
     # In memory, no round trip; the decision also feeds the X-RateLimit-* headers.
-    ratelimit.enforce(request.state, request.app.state.rate_limiter, principal.key_id)
+    ratelimit.enforce(request.state, request.app.state.rate_limiter, budget_of(request, principal))
     return principal
 
 
@@ -115,6 +115,23 @@ async def principal_for_token(request: Request, token: str) -> Principal:
     )
     ratelimit.enforce(request.state, request.app.state.rate_limiter, principal.key_id)
     return principal
+
+
+def budget_of(request: Request, principal: Principal) -> str:
+    """Whose rate-limit bucket a request draws on.
+
+    A secret key is one server: one budget per key. A public key is shared by every install
+    of an app, so it is budgeted per install: per ``userId`` when the request names one (the
+    SSE stream, job lists), else per client address (a job poll), as seen after the trusted
+    proxies (``SEENN_FORWARDED_ALLOW_IPS``).
+    """
+    if principal.kind != "public":  # a secret key, or a token (already one user's)
+        return principal.key_id
+    user_id = request.query_params.get("userId")
+    if user_id and len(user_id) <= 255:
+        return f"{principal.key_id}\x00u\x00{user_id}"
+    host = request.client.host if request.client else ""
+    return f"{principal.key_id}\x00a\x00{host}"
 
 
 async def authenticate(request: Request) -> Principal:

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
-import orjson
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 from starlette.background import BackgroundTask
+from starlette.types import Receive, Scope, Send
 
 from app.api.deps import bearer_key, owner_of, principal_for_key, require_user
 from app.api.limits import acquire_sse_slot
 from app.domain.commands import ULID_RE
 from app.domain.errors import JobNotFound, NotFound, ValidationFailed
 from app.domain.keys import Principal
-from app.domain.views import event_view, now_ms
+from app.domain.views import now_ms
 from app.observability import Metrics
 from app.realtime import eventlog
-from app.realtime.hub import Hub, Subscriber, encode
+from app.realtime.hub import Hub, Subscriber
+from app.realtime.stream import Delivery, StreamPlan
 
+log = logging.getLogger("seenn.realtime")
 router = APIRouter(tags=["realtime"])
 _USER_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
 _SEQ_RE = re.compile(r"^\d{1,18}$")
-_BATCH = 64  # messages joined into one write when a client is behind
 
 
 def _key(request: Request) -> str:
@@ -47,10 +51,6 @@ def _last_event_id(request: Request) -> int | None:
             {"field": "lastEventId", "value": raw[:100]},
         )
     return int(raw.strip())
-
-
-def _json(value: object) -> str:
-    return orjson.dumps(value).decode()
 
 
 def _require_scope(principal: Principal, user_id: str, job_id: str | None) -> None:
@@ -101,8 +101,8 @@ async def sse(request: Request) -> EventSourceResponse:
     slot = acquire_sse_slot(request, principal, user_id)
     sub: Subscriber | None = None
     try:
-        # All database work happens here; the connection is back in the pool before
-        # the stream starts.
+        # All database work of the connect happens here; the connection is back in the
+        # pool before the stream starts (the stream reads the log in short pages).
         async with state.engine.connect() as conn:
             # Autocommit: READ COMMITTED gives each statement its own snapshot anyway, and
             # it saves the BEGIN and ROLLBACK round trips.
@@ -117,7 +117,8 @@ async def sse(request: Request) -> EventSourceResponse:
                 oldest = await eventlog.oldest_seq(conn, stream.stream_id)
                 resume = oldest is not None and oldest <= last_id + 1
             start = last_id if resume and last_id is not None else stream.last_seq
-            # Subscribe before reading the backlog; the seq filter removes the overlap.
+            # Subscribe before reading anything: the stream reads the log up to the hub's
+            # position, and the hub offers everything after it.
             deadline = time.monotonic() + settings.sse_max_connection_seconds
             expiry = _token_deadline(principal, settings.sse_token_expiry_margin_seconds)
             token_expires_first = expiry is not None and expiry < deadline
@@ -130,19 +131,21 @@ async def sse(request: Request) -> EventSourceResponse:
                 settings.sse_client_buffer,
                 deadline,
                 (owner.app_id, owner.mode, user_id),
+                settings.sse_client_buffer_bytes,
             )
+            if token_expires_first:
+                sub.expiry_reason = "token_expired"  # reconnect with a new token
             hub.add(sub)
+            slot.on_replaced(sub.close)
             if hub.shutdown_event.is_set():  # draining already: say goodbye at once
                 sub.stop()
-            backlog = await eventlog.backlog(conn, stream.stream_id, start)
-            syncs = (
-                []
-                if resume
-                else await eventlog.unfinished_jobs(
-                    conn, owner, user_id, job_id, now_ms(), settings.sse_sync_limit
+            sync: list[str] = []
+            if not resume:
+                now = now_ms()
+                since = now - timedelta(hours=settings.sync_finished_window_hours)
+                sync = await eventlog.sync_ids(
+                    conn, owner, user_id, job_id, now, since, settings.sse_sync_limit
                 )
-            )
-            await conn.rollback()
     except BaseException:
         if sub is not None:
             hub.remove(sub)
@@ -150,57 +153,16 @@ async def sse(request: Request) -> EventSourceResponse:
         raise
 
     hello = {"userId": user_id} if job_id is None else {"userId": user_id, "jobId": job_id}
-    first = [encode(start, "connected", _json(hello))]  # absent, never null
-    first += [encode(None, "job.sync", _json(event_view(row))) for row in syncs]
-    sent = start
-    replayed = 0
-    for row in backlog:
-        if sub.wants(row["seq"], row["job_id"], row["parent_id"]):
-            first.append(encode(row["seq"], row["event"], row["payload"]))
-            replayed += 1
-        sent = row["seq"]
+    plan = StreamPlan(
+        owner, hello, start, sync, settings.sse_retry_ms, settings.sse_max_event_bytes
+    )
+    delivery = Delivery(plan, sub, hub, state.engine, metrics)
 
     async def events() -> AsyncIterator[bytes]:
-        nonlocal sent
-        last_sent = time.monotonic()
         metrics.sse_connections.inc()
         try:
-            metrics.events_delivered.inc(replayed)
-            yield b"".join(first)
-            first.clear()  # an idle stream keeps nothing it has sent
-            while True:
-                item = await sub.get()
-                chunks: list[bytes] = []
-                events = 0
-                stop: str | None = None
-                while True:
-                    seq, data = item
-                    if seq == Subscriber.BEAT:
-                        chunks.append(data)
-                    elif seq < 0:
-                        stop = Subscriber.STOP_REASONS[seq]
-                        break
-                    elif seq > sent:  # dedupe at the backlog/live seam
-                        chunks.append(data)
-                        events += 1
-                        sent = seq
-                    if len(chunks) >= _BATCH or sub.empty():
-                        break
-                    item = sub.get_nowait()
-                if events:
-                    last_sent = time.monotonic()
-                    metrics.events_delivered.inc(events)
-                if chunks:
-                    yield b"".join(chunks)
-                if stop == "overflow":
-                    return  # the client resumes from its last id
-                if stop is not None:
-                    reason = stop
-                    if stop == "maxLifetime" and token_expires_first:
-                        reason = "token_expired"  # reconnect with a new token
-                    break
-            idle_ms = int((time.monotonic() - last_sent) * 1000)
-            yield encode(None, "connection.idle", _json({"reason": reason, "idleTime": idle_ms}))
+            async for message in delivery.messages():
+                yield message
         finally:
             metrics.sse_connections.dec()
             hub.remove(sub)
@@ -210,11 +172,24 @@ async def sse(request: Request) -> EventSourceResponse:
         hub.remove(sub)
         slot.release()
 
-    return EventSourceResponse(
+    return StreamResponse(
         events(),
         background=BackgroundTask(cleanup),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         ping=0,  # the hub's ticker sends heartbeats: no timer task per connection
         shutdown_event=hub.shutdown_event,
         shutdown_grace_period=2.0,
+        send_timeout=settings.sse_send_timeout_seconds,
     )
+
+
+class StreamResponse(EventSourceResponse):
+    """An SSE response whose sends time out: a client that reads nothing for
+    ``send_timeout`` seconds has its stream cut (its buffers stop growing)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.info("SSE client read nothing for %.0f s: stream cut", self.send_timeout)
+            raise  # the server closes the connection (its log line is filtered out)

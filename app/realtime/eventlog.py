@@ -16,21 +16,32 @@ _STREAM = text(
     "WHERE app_id = :app_id AND mode = :mode AND user_id = :user_id"
 )
 _OLDEST = text("SELECT min(seq) FROM events WHERE stream_id = :sid")
-_BACKLOG = text(
+_PAGE = text(
     """
     SELECT seq, job_id, event, payload::text AS payload,
            payload->'parent'->>'parentJobId' AS parent_id
-    FROM events WHERE stream_id = :sid AND seq > :after ORDER BY seq
+    FROM events WHERE stream_id = :sid AND seq > :after AND seq <= :upto
+    ORDER BY seq LIMIT :limit
     """
 )
-_UNFINISHED = text(
+# What job.sync covers, most important first: the job named by jobId, then parents (a
+# parent's children must never crowd it out), then unfinished jobs, then jobs that ended
+# since :since (the client may have missed their last event); newest first in each group.
+_SYNC = text(
     """
-    SELECT * FROM jobs
-    WHERE app_id = :app_id AND mode = :mode AND user_id = :user_id
-      AND status IN ('pending', 'running') AND expires_at > :now
+    SELECT id, (id = :job_id) IS TRUE AS named, total_children IS NOT NULL AS parent
+    FROM jobs
+    WHERE app_id = :app_id AND mode = :mode AND user_id = :user_id AND expires_at > :now
       AND (CAST(:job_id AS varchar) IS NULL OR id = :job_id OR parent_job_id = :job_id)
-    ORDER BY id DESC LIMIT :limit
+      AND (id = :job_id OR status IN ('pending', 'running') OR completed_at >= :since)
+    ORDER BY (id = :job_id) IS TRUE DESC, total_children IS NOT NULL DESC,
+             status IN ('pending', 'running') DESC, id DESC
+    LIMIT :limit
     """
+)
+_JOBS = text(
+    "SELECT * FROM jobs WHERE app_id = :app_id AND mode = :mode AND id = ANY(:ids) "
+    "AND expires_at > :now"
 )
 
 
@@ -58,27 +69,46 @@ async def oldest_seq(conn: AsyncConnection, stream_id: int) -> int | None:
     return (await conn.execute(_OLDEST, {"sid": stream_id})).scalar()
 
 
-async def backlog(conn: AsyncConnection, stream_id: int, after: int) -> list[Any]:
-    """Every retained event of the stream after ``after``, in order."""
-    return list((await conn.execute(_BACKLOG, {"sid": stream_id, "after": after})).mappings())
+async def page(
+    conn: AsyncConnection, stream_id: int, after: int, upto: int, limit: int
+) -> list[Any]:
+    """Up to ``limit`` events of the stream in ``(after, upto]``, in order."""
+    params = {"sid": stream_id, "after": after, "upto": upto, "limit": limit}
+    return list((await conn.execute(_PAGE, params)).mappings())
 
 
-async def unfinished_jobs(
+async def sync_ids(
     conn: AsyncConnection,
     owner: Owner,
     user_id: str,
     job_id: str | None,
     now: datetime,
+    since: datetime | None,
     limit: int,
-) -> list[Any]:
-    """The user's newest ``limit`` unfinished jobs, in creation order."""
+) -> list[str]:
+    """The jobs a ``job.sync`` covers, in the order they are sent: the job named by
+    ``job_id`` first, then parents, then the rest, each group in creation order.
+
+    The limit keeps the named job and the parents before any other job.
+    """
     params = {
         "app_id": owner.app_id,
         "mode": owner.mode,
         "user_id": user_id,
         "job_id": job_id,
         "now": now,
+        "since": since,
         "limit": limit,
     }
-    newest_first = list((await conn.execute(_UNFINISHED, params)).mappings())
-    return newest_first[::-1]
+    rows = (await conn.execute(_SYNC, params)).all()
+    ordered = sorted(rows, key=lambda r: (not r.named, not r.parent, r.id))
+    return [r.id for r in ordered]
+
+
+async def jobs_by_id(
+    conn: AsyncConnection, owner: Owner, ids: list[str], now: datetime
+) -> list[Any]:
+    """The owner's unexpired jobs among ``ids``, in the order of ``ids``."""
+    params = {"app_id": owner.app_id, "mode": owner.mode, "ids": ids, "now": now}
+    found = {r["id"]: r for r in (await conn.execute(_JOBS, params)).mappings()}
+    return [found[i] for i in ids if i in found]

@@ -19,6 +19,10 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg  # type: ignore[import-untyped]
 
+from app.realtime.wire import HEARTBEAT, encode, fit
+
+__all__ = ["HEARTBEAT", "Hub", "PgNotifier", "Subscriber", "encode", "plain_url"]
+
 log = logging.getLogger("seenn.realtime")
 CHANNEL = "seenn_events"
 POLL_ALL = "*"
@@ -48,27 +52,16 @@ def plain_url(url: str) -> str:
     return scheme.split("+", 1)[0] + sep + rest
 
 
-def encode(seq: int | None, event: str, data: str) -> bytes:
-    """One SSE message; ``data`` is a single-line JSON text.
-
-    Lines end in a bare LF: the React Native SDK's parser splits on ``\\n`` and ends a
-    message on an empty line, so a CR would leave every line (and the blank one) with a
-    trailing ``\\r`` and no event would ever be dispatched.
-    """
-    head = f"id: {seq}\n" if seq is not None else ""
-    return f"{head}event: {event}\ndata: {data}\n\n".encode()
-
-
-HEARTBEAT = b"event: heartbeat\ndata: {}\n\n"  # no id: a resume must not skip
-
-
 @dataclass(eq=False)
 class Subscriber:
-    """One client: a bounded buffer of ``(seq, bytes)`` and the seq it already has.
+    """One client: a buffer of ``(seq, bytes)`` bounded in events and in bytes.
 
     Kept small on purpose (one deque, a future only while waiting): an idle SSE connection
-    costs little more than its socket. The hub's ticker sends heartbeats and ends the
-    stream at ``deadline`` (a monotonic time), so a connection needs no timer of its own.
+    costs little more than its socket. A full buffer is emptied and marked ``overflowed``:
+    the stream then reads what it missed from the event log, page by page as its client
+    reads (so a slow client costs the log a few reads, never unbounded memory). The hub's
+    ticker sends heartbeats and ends the stream at ``deadline`` (a monotonic time), so a
+    connection needs no timer of its own.
     """
 
     stream_id: int
@@ -78,79 +71,95 @@ class Subscriber:
     deadline: float = math.inf
     # (app_id, mode, user_id): how a subscriber waiting on NO_STREAM finds its stream.
     owner_key: tuple[str, str, str] | None = None
+    max_bytes: int = 1 << 20
     buffer: deque[tuple[int, bytes]] = field(init=False, default_factory=deque)
+    size: int = field(init=False, default=0)  # bytes in ``buffer``
     overflowed: bool = False
-    closing: bool = False
+    reason: str | None = None  # set when the stream must say goodbye and end
+    expiry_reason: str = "maxLifetime"  # the goodbye at ``deadline``
+    beat_due: bool = False
     _waiter: asyncio.Future[None] | None = field(init=False, default=None)
-
-    OVERFLOW = -1  # sentinel seqs: the stream ends
-    SHUTDOWN = -2
-    EXPIRED = -3
-    STOP_REASONS = {OVERFLOW: "overflow", SHUTDOWN: "shutdown", EXPIRED: "maxLifetime"}
-    BEAT = -4  # a heartbeat, sent as is
 
     def wants(self, seq: int, job_id: str, parent_id: str | None) -> bool:
         if seq <= self.floor:
             return False
         return self.job_id is None or job_id == self.job_id or parent_id == self.job_id
 
-    def _put(self, item: tuple[int, bytes]) -> None:
-        self.buffer.append(item)
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def offer(self, seq: int, data: bytes) -> None:
-        """Queue without waiting; a full buffer evicts this client only."""
+        """Queue without waiting; a full buffer is dropped (the stream re-reads the log)."""
         if self.overflowed:
             return
-        if len(self.buffer) >= self.maxsize:
+        if len(self.buffer) >= self.maxsize or self.size + len(data) > self.max_bytes:
             self.overflowed = True
-            self._put((self.OVERFLOW, b""))
-            return
-        self._put((seq, data))
+            self.buffer.clear()
+            self.size = 0
+        else:
+            self.buffer.append((seq, data))
+            self.size += len(data)
+        self._wake()
 
-    def _close(self, reason: int) -> None:
-        if not self.closing:
-            self.closing = True
-            self._put((reason, b""))
+    def rearm(self) -> None:
+        """Empty the buffer and take offers again (the caller reads the log up to here)."""
+        self.overflowed = False
+        self.buffer.clear()
+        self.size = 0
+
+    def close(self, reason: str) -> None:
+        """Ask the stream to send ``connection.idle`` with ``reason`` and end."""
+        if self.reason is None:
+            self.reason = reason
+            self._wake()
 
     def stop(self) -> None:
         """Ask the stream to say goodbye (server shutdown)."""
-        self._close(self.SHUTDOWN)
+        self.close("shutdown")
 
     def expire(self) -> None:
         """Ask the stream to say goodbye (it reached its maximum lifetime)."""
-        self._close(self.EXPIRED)
+        self.close(self.expiry_reason)
 
     def beat(self) -> None:
         """A heartbeat, unless messages are already waiting (they keep the line alive)."""
-        if not self.buffer and not self.closing:
-            self._put((self.BEAT, HEARTBEAT))
+        if not self.buffer and not self.overflowed and self.reason is None:
+            self.beat_due = True
+            self._wake()
 
     def empty(self) -> bool:
         return not self.buffer
 
-    def get_nowait(self) -> tuple[int, bytes]:
-        return self.buffer.popleft()
+    def pop(self) -> tuple[int, bytes]:
+        item = self.buffer.popleft()
+        self.size -= len(item[1])
+        return item
 
-    async def get(self) -> tuple[int, bytes]:
-        while not self.buffer:
+    async def wait(self) -> None:
+        """Until there is something to do: a message, an overflow, a goodbye or a beat."""
+        while not (self.buffer or self.overflowed or self.reason or self.beat_due):
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self.buffer.popleft()
 
 
 class Hub:
     """Reads new events for the streams that have subscribers here and fans them out."""
 
     def __init__(
-        self, engine: Any, listen_url: str, poll_interval: float, heartbeat: float = 15.0
+        self,
+        engine: Any,
+        listen_url: str,
+        poll_interval: float,
+        heartbeat: float = 15.0,
+        max_event_bytes: int = 1 << 30,
     ) -> None:
         self.engine = engine
+        self.max_event_bytes = max_event_bytes
         self.listen_url = plain_url(listen_url)
         self.poll_interval = poll_interval
         self.heartbeat = heartbeat
@@ -212,6 +221,11 @@ class Hub:
         # anything older from the log itself (backlog), so nothing falls between.
         if sub.stream_id not in self.pos:
             self.pos[sub.stream_id] = sub.floor
+
+    def position(self, stream_id: int) -> int:
+        """The newest seq of ``stream_id`` already offered to its subscribers here; every
+        later event will be offered."""
+        return self.pos.get(stream_id, 0)
 
     def remove(self, sub: Subscriber) -> None:
         group = self.subs.get(sub.stream_id)
@@ -292,7 +306,7 @@ class Hub:
             self.pos[stream_id] = seq
             if self.read_lag is not None:
                 self.read_lag.observe(max(0.0, time.time() - row["created_at"].timestamp()))
-            data = encode(seq, row["event"], row["payload"])
+            data = fit(seq, row["event"], row["payload"], self.max_event_bytes)
             for sub in self.subs.get(stream_id, ()):
                 if sub.wants(seq, row["job_id"], row["parent_id"]):
                     sub.offer(seq, data)

@@ -26,6 +26,7 @@ def start_realtime(engine: Any, url: str, settings: Settings, metrics: Metrics) 
         settings.listen_database_url or url,
         settings.sse_poll_interval_seconds,
         settings.sse_heartbeat_seconds,
+        settings.sse_max_event_bytes,
     )
     hub.read_lag = metrics.notification_lag
     hub.start()
