@@ -95,44 +95,62 @@ def test_retry_after_rounds_up_to_whole_seconds() -> None:
 
 def test_connection_limiter_caps_and_releases_per_key() -> None:
     limiter = ConnectionLimiter(max_per_key=2)
-    assert limiter.acquire("a") and limiter.acquire("a")
-    assert not limiter.acquire("a")
-    assert limiter.acquire("b")
-    limiter.release("a")
+    a1, a2 = limiter.acquire("a"), limiter.acquire("a")
+    assert a1 is not None and a2 is not None
+    assert limiter.acquire("a") is None
+    assert limiter.acquire("b") is not None
+    a1.release()
     assert limiter.open_connections("a") == 1
-    assert limiter.acquire("a")
-    limiter.release("a")
-    limiter.release("a")
+    a3 = limiter.acquire("a")
+    assert a3 is not None
+    a2.release()
+    a3.release()
     assert limiter.open_connections("a") == 0
 
 
-def test_connection_limiter_caps_each_user_of_a_shared_key_and_the_key() -> None:
-    # A public key is shared by every install of an app: users are capped one by one, and
-    # the key as a whole only at the (much higher) replica guard.
+def test_a_user_at_the_cap_replaces_its_oldest_stream_and_the_key_cap_still_refuses() -> None:
+    # A public key is shared by every install of an app: a user at its cap gets the new
+    # stream (the oldest is told to end), and the key as a whole is capped at the (much
+    # higher) replica guard.
     limiter = ConnectionLimiter(max_per_key=3, max_per_user=2)
-    assert limiter.acquire("k", "u1") and limiter.acquire("k", "u1")
-    assert limiter.refusal("k", "u1") == "user" and not limiter.acquire("k", "u1")
-    assert limiter.acquire("k", "u2")
-    assert limiter.refusal("k", "u3") == "key" and not limiter.acquire("k", "u3")
-    assert limiter.acquire("other", "u1")  # another key is counted apart
-    limiter.release("k", "u1")
-    assert limiter.open_connections("k") == 2 and limiter.open_connections("k", "u1") == 1
-    assert limiter.acquire("k", "u3")
-    for user in ("u1", "u2", "u3"):
-        limiter.release("k", user)
-    assert limiter.open_connections("k") == 0 and limiter.open_connections("k", "u1") == 0
+    told: list[tuple[str, str]] = []
+    first, second = limiter.acquire("k", "u1"), limiter.acquire("k", "u1")
+    assert first is not None and second is not None
+    first.on_replaced(lambda reason: told.append(("first", reason)))
+    second.on_replaced(lambda reason: told.append(("second", reason)))
+    third = limiter.acquire("k", "u1")
+    assert third is not None
+    assert told == [("first", "replaced")] and first.replaced and not second.replaced
+    assert limiter.open_connections("k", "u1") == 2 and limiter.open_connections("k") == 2
+    first.release()  # the replaced stream ending later gives back nothing twice
+    assert limiter.open_connections("k") == 2
+    assert limiter.acquire("k", "u2") is not None
+    assert limiter.acquire("k", "u3") is None  # the key's cap: refused, nothing replaced
+    assert limiter.acquire("k", "u1") is not None  # at its own cap: replaces, key count same
+    assert told[-1] == ("second", "replaced")
+    assert limiter.acquire("other", "u1") is not None  # another key is counted apart
+
+
+def test_a_stream_replaced_before_it_registered_is_told_at_once() -> None:
+    limiter = ConnectionLimiter(max_per_key=10, max_per_user=1)
+    old = limiter.acquire("k", "u")
+    assert old is not None and limiter.acquire("k", "u") is not None
+    told: list[str] = []
+    old.on_replaced(told.append)  # the old stream was still connecting
+    assert told == ["replaced"]
 
 
 def test_an_sse_slot_is_released_once_however_often_release_is_called() -> None:
     limiter = ConnectionLimiter(max_per_key=2)
-    assert limiter.acquire("a") and limiter.acquire("a")
-    slot = SseSlot(limiter, "a")
+    assert limiter.acquire("a") is not None
+    slot = limiter.acquire("a")
+    assert slot is not None
     slot.release()
     slot.release()  # e.g. from the generator's finally and the background task
     assert limiter.open_connections("a") == 1
 
 
-async def test_the_sse_cap_answers_429_with_retry_after_in_the_envelope() -> None:
+async def test_the_sse_key_cap_answers_429_with_retry_after_in_the_envelope() -> None:
     """The HTTP shape a stream endpoint gets from ``acquire_sse_slot`` (in-process app)."""
     app = FastAPI()
     install_error_handlers(app)
@@ -149,16 +167,15 @@ async def test_the_sse_cap_answers_429_with_retry_after_in_the_envelope() -> Non
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         assert (await client.get("/stream?userId=a")).status_code == 200
-        refused = await client.get("/stream?userId=a")
-        error = assert_error(refused, 429, "RATE_LIMITED")
-        assert refused.headers["Retry-After"] == "5"
-        assert error["details"] == {"maxConnections": 1, "scope": "user", "retryAfter": 5}
+        assert (await client.get("/stream?userId=a")).status_code == 200  # replaces
+        assert held[0].replaced
         assert (await client.get("/stream?userId=b")).status_code == 200
         refused = await client.get("/stream?userId=c")
         error = assert_error(refused, 429, "RATE_LIMITED")
+        assert refused.headers["Retry-After"] == "5"
         assert error["details"] == {"maxConnections": 2, "scope": "key", "retryAfter": 5}
-        held[0].release()
-        assert (await client.get("/stream?userId=a")).status_code == 200
+        held[1].release()
+        assert (await client.get("/stream?userId=c")).status_code == 200
 
 
 # --- over HTTP, default limits (the session server) ------------------------------------

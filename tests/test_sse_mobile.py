@@ -58,7 +58,8 @@ def assert_nothing_lost(conn: Connection) -> None:
     sent = conn.reference()
     assert len(conn.dispatched) == len(sent), (len(conn.dispatched), len(sent))
     assert conn.dispatched == sent
-    assert max(conn.chunk_sizes) <= conn.client.read_size  # one read per message
+    assert len(conn.chunk_sizes) == len(sent)  # one message per chunk (network write)
+    assert max(conn.chunk_sizes) <= conn.client.read_size  # and each fits one read
 
 
 async def assert_client_has_server_state(

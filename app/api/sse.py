@@ -135,7 +135,7 @@ async def sse(request: Request) -> EventSourceResponse:
             )
             if token_expires_first:
                 sub.expiry_reason = "token_expired"  # reconnect with a new token
-            hub.add(sub)
+            hub.add(sub, stream.last_seq)
             slot.on_replaced(sub.close)
             if hub.shutdown_event.is_set():  # draining already: say goodbye at once
                 sub.stop()

@@ -215,12 +215,13 @@ class Hub:
             with contextlib.suppress(BaseException):
                 await task
 
-    def add(self, sub: Subscriber) -> None:
+    def add(self, sub: Subscriber, head: int | None = None) -> None:
+        """Follow ``sub``'s stream. An untracked stream starts at ``head`` (the committed
+        position the subscriber saw; default its floor): the subscriber reads anything
+        older from the log itself, page by page, so the hub never loads a replay."""
         self.subs.setdefault(sub.stream_id, set()).add(sub)
-        # An untracked stream starts at this subscriber's position; the subscriber reads
-        # anything older from the log itself (backlog), so nothing falls between.
         if sub.stream_id not in self.pos:
-            self.pos[sub.stream_id] = sub.floor
+            self.pos[sub.stream_id] = sub.floor if head is None else max(head, sub.floor)
 
     def position(self, stream_id: int) -> int:
         """The newest seq of ``stream_id`` already offered to its subscribers here; every
