@@ -100,9 +100,15 @@ class Settings(BaseSettings):
         default=1_048_576, ge=1024, description="Largest request body accepted; larger gets 413."
     )
 
-    rate_limit_enabled: bool = Field(default=True, description="Per-key request rate limits.")
+    rate_limit_enabled: bool = Field(
+        default=True,
+        description="Request rate limits (per secret key; per install for public keys).",
+    )
     rate_limit_per_second: float = Field(
-        default=100.0, gt=0, description="Sustained requests per second per API key (per replica)."
+        default=100.0,
+        gt=0,
+        description="Sustained requests per second per budget (a secret key, or one install "
+        "of a public key), per replica.",
     )
     rate_limit_burst: int = Field(
         default=2000,
