@@ -151,6 +151,10 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+class PortTaken(RuntimeError):
+    """Another process bound the port between ``free_port`` and the server's bind."""
+
+
 def start_server(
     database_url: str,
     log_dir: Path,
@@ -159,8 +163,28 @@ def start_server(
     args: tuple[str, ...] = (),
     root: Path = ROOT,
 ) -> ServerProcess:
-    """Start a server process (``serve`` with ``args``) and wait until it answers HTTP."""
-    port = port or free_port()
+    """Start a server process (``serve`` with ``args``) and wait until it answers HTTP.
+
+    ``free_port`` releases the port it found before the server binds it, and other
+    processes on the machine may take it meanwhile: then the server fails to bind (or
+    something else answers there), and it is started again on another port.
+    """
+    for attempt in range(5):
+        try:
+            return _start_server(database_url, log_dir, env, port or free_port(), args)
+        except PortTaken:
+            if port is not None or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_server(
+    database_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None,
+    port: int,
+    args: tuple[str, ...],
+) -> ServerProcess:
     full_env = {
         **os.environ,
         "SEENN_DATABASE_URL": database_url,
@@ -182,8 +206,40 @@ def start_server(
         stderr=subprocess.STDOUT,
     )
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
-    _wait_until_it_answers(server, f"{server.url}/v1/jobs", "server", 30)
+    try:
+        _wait_until_it_answers(server, f"{server.url}/v1/jobs", "server", 30)
+    except RuntimeError as exc:
+        if "address already in use" in server.log().lower():
+            raise PortTaken(str(exc)) from exc
+        raise
+    if not _listens(process.pid, port):  # an answer from someone else's process
+        server.stop()
+        raise PortTaken(f"port {port} answered, but not by the server started on it")
     return server
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether ``pid`` or one of its children holds a listening TCP socket on ``port``
+    (Linux /proc; True where /proc cannot tell)."""
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].exists():
+        return True
+    inodes = set()
+    for table in tables:
+        if not table.exists():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{inode}]")
+    for owner in (pid, *_children(pid)):
+        with suppress(OSError):
+            for fd in Path(f"/proc/{owner}/fd").iterdir():
+                with suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return True
+    return False
 
 
 def _wait_until_it_answers(proc: Any, url: str, what: str, seconds: float) -> None:
