@@ -1,0 +1,152 @@
+"""Fast unit tests (no I/O) of the key format, principals and the idempotency hash: the
+tests scripts/mutation.sh runs against its mutants, with tests/test_rules.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+
+import orjson
+import pytest
+
+from app.api.idempotency import _KEY_RE, request_hash
+from app.domain.keys import KEY_RE, Principal, generate_key, hash_key, key_hint
+from app.realtime.hub import HEARTBEAT, Subscriber, encode
+
+BODY = b'{"b": 1, "a": [1, 2]}'
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("secret", "test"), ("public", "live")])
+def test_generated_keys_have_the_documented_shape_and_differ(kind: str, mode: str) -> None:
+    keys = {generate_key(kind, mode) for _ in range(50)}
+    assert len(keys) == 50
+    prefix = {"secret": "sk", "public": "pk"}[kind]
+    for key in keys:
+        assert KEY_RE.match(key), key
+        assert key.startswith(f"{prefix}_{mode}_") and len(key) == len(prefix) + len(mode) + 34
+    bodies = "".join(k[-32:] for k in keys)
+    assert set(bodies) - set("0123456789") and any(c.isupper() for c in bodies)
+    assert any(c.islower() for c in bodies) and any(c.isdigit() for c in bodies)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sk_test_" + "a" * 31,
+        "sk_test_" + "a" * 33,
+        "xk_test_" + "a" * 32,
+        "sk_prod_" + "a" * 32,
+        "sk_test_" + "a" * 31 + "-",
+        " sk_test_" + "a" * 32,
+        "sktest_" + "a" * 32,
+    ],
+)
+def test_malformed_keys_do_not_match(key: str) -> None:
+    assert KEY_RE.match(key) is None
+
+
+def test_key_pattern_groups() -> None:
+    match = KEY_RE.match("pk_live_" + "Ab1" * 10 + "zz")
+    assert match is not None and match.groups() == ("pk", "live", "Ab1" * 10 + "zz")
+
+
+def test_hash_and_hint() -> None:
+    key = "sk_test_" + "Q" * 28 + "wxyz"
+    assert hash_key(key) == hashlib.sha256(key.encode()).digest()
+    assert key_hint(key) == "sk_test_...wxyz"
+
+
+def test_principal_rights() -> None:
+    secret = Principal("k", "app", "test", "secret")
+    public = Principal("k", "app", "test", "public")
+    token = Principal("k", "app", "test", "token", user_id="u", job_ids=frozenset({"J"}))
+    assert (secret.can_write, public.can_write, token.can_write) == (True, False, False)
+    assert (secret.is_token, public.is_token, token.is_token) == (False, False, True)
+    assert secret.sees_user("anyone") and public.sees_job("anyone", "X", None)
+    assert token.sees_user("u") and not token.sees_user("v")
+    assert token.sees_job("u", "J", None) and token.sees_job("u", "C", "J")
+    assert not token.sees_job("u", "X", None) and not token.sees_job("u", "X", "Y")
+    assert not token.sees_job("v", "J", None)
+    user_token = Principal("k", "app", "test", "token", user_id="u")
+    assert user_token.sees_job("u", "X", None) and not user_token.sees_job("v", "X", None)
+    assert secret.token_only is False and secret.expires_at is None
+
+
+def test_request_hash_is_sha256_of_method_path_and_canonical_json() -> None:
+    canonical = orjson.dumps(orjson.loads(BODY), option=orjson.OPT_SORT_KEYS)
+    expected = hashlib.sha256(b"POST\n/v1/jobs\n" + canonical).digest()
+    assert request_hash("POST", "/v1/jobs", BODY) == expected
+    assert request_hash("POST", "/v1/jobs", b'{"a":[1,2],"b":1}') == expected
+    assert request_hash("POST", "/v1/jobs", b"") == hashlib.sha256(b"POST\n/v1/jobs\n").digest()
+    assert request_hash("POST", "/v1/jobs", b"  \n") == request_hash("POST", "/v1/jobs", b"")
+    assert request_hash("POST", "/v1/jobs/x", BODY) != expected
+    assert request_hash("PUT", "/v1/jobs", BODY) != expected
+    assert request_hash("POST", "/v1/jobs", b'{"a":[2,1],"b":1}') != expected
+
+
+@pytest.mark.parametrize(
+    ("key", "valid"),
+    [("a", True), ("x" * 255, True), ("x" * 256, False), ("", False), ("a b~!", True)]
+    + [("caf\u00e9", False), ("a\tb", False), ("a\x7f", False)],
+)
+def test_idempotency_key_alphabet(key: str, valid: bool) -> None:
+    assert bool(_KEY_RE.fullmatch(key)) is valid
+
+
+def test_encode_and_heartbeat() -> None:
+    assert encode(7, "job.progress", '{"a":1}') == b'id: 7\nevent: job.progress\ndata: {"a":1}\n\n'
+    assert encode(None, "job.sync", "{}") == b"event: job.sync\ndata: {}\n\n"
+    assert encode(0, "connected", "{}").startswith(b"id: 0\n")
+    assert HEARTBEAT == b"event: heartbeat\ndata: {}\n\n"
+
+
+def test_a_subscriber_narrowed_to_a_job_wants_it_and_its_children_after_its_floor() -> None:
+    sub = Subscriber(stream_id=1, floor=5, job_id="P", maxsize=10)
+    assert not sub.wants(5, "P", None) and not sub.wants(4, "P", None)
+    assert sub.wants(6, "P", None) and sub.wants(6, "C", "P")
+    assert not sub.wants(6, "C", "Q") and not sub.wants(6, "C", None)
+    every = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=10)
+    assert every.wants(1, "X", None) and not every.wants(0, "X", None)
+    assert sub.deadline == math.inf
+
+
+async def test_a_subscriber_buffer_overflows_once_and_stops_once() -> None:
+    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=2)
+    assert sub.empty()
+    sub.offer(1, b"a")
+    sub.offer(2, b"b")
+    sub.offer(3, b"c")  # full: the client is evicted
+    sub.offer(4, b"d")  # ignored once evicted
+    assert sub.overflowed
+    got = [await sub.get(), sub.get_nowait(), sub.get_nowait()]
+    assert got == [(1, b"a"), (2, b"b"), (Subscriber.OVERFLOW, b"")]
+    assert sub.empty()
+    sub.stop()
+    sub.expire()  # a second goodbye is not queued
+    sub.beat()  # nor a heartbeat while closing
+    assert sub.get_nowait() == (Subscriber.SHUTDOWN, b"") and sub.empty()
+
+
+async def test_heartbeats_only_when_idle_and_expiry_says_goodbye() -> None:
+    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
+    sub.beat()
+    assert sub.get_nowait() == (Subscriber.BEAT, HEARTBEAT)
+    sub.offer(1, b"x")
+    sub.beat()  # messages waiting keep the line alive
+    assert sub.get_nowait() == (1, b"x") and sub.empty()
+    sub.expire()
+    assert await sub.get() == (Subscriber.EXPIRED, b"")
+    assert Subscriber.STOP_REASONS == {-1: "overflow", -2: "shutdown", -3: "maxLifetime"}
+
+
+async def test_a_waiting_get_is_woken_by_each_offer() -> None:
+    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
+    for seq in (1, 2):
+        waiting = asyncio.create_task(sub.get())
+        await asyncio.sleep(0)  # it now waits on an empty buffer
+        assert not waiting.done()
+        sub.offer(seq, b"x")
+        assert await asyncio.wait_for(waiting, 10) == (seq, b"x")
+    sub.offer(3, b"y")  # with nobody waiting
+    assert sub.get_nowait() == (3, b"y")
