@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Mutation testing of the modules configured in pyproject.toml ([tool.mutmut]) against the
+# fast tests that cover them. CPU-heavy; not part of CI. Results: docs/mutation.md.
+#   scripts/mutation.sh            run (incremental: only changed functions are retried)
+#   scripts/mutation.sh results    list surviving mutants;  mutmut show <name> shows one
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/mutmut ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,mutation]'
+fi
+if [ "${1:-run}" = results ]; then
+  exec .venv/bin/mutmut results
+fi
+# One worker per spare core (the machine is shared): MUTATION_JOBS overrides.
+exec nice -n 10 .venv/bin/mutmut run --max-children "${MUTATION_JOBS:-1}"
