@@ -171,7 +171,7 @@ def start_server(
     """
     for attempt in range(5):
         try:
-            return _start_server(database_url, log_dir, env, port or free_port(), args)
+            return _start_server(database_url, log_dir, env, port or free_port(), args, root)
         except PortTaken:
             if port is not None or attempt == 4:
                 raise
@@ -184,6 +184,7 @@ def _start_server(
     env: dict[str, str] | None,
     port: int,
     args: tuple[str, ...],
+    root: Path,
 ) -> ServerProcess:
     full_env = {
         **os.environ,

@@ -111,42 +111,60 @@ def test_a_subscriber_narrowed_to_a_job_wants_it_and_its_children_after_its_floo
     assert sub.deadline == math.inf
 
 
-async def test_a_subscriber_buffer_overflows_once_and_stops_once() -> None:
-    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=2)
+async def test_a_full_subscriber_buffer_is_dropped_once_and_rearmed() -> None:
+    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=2, max_bytes=100)
     assert sub.empty()
     sub.offer(1, b"a")
-    sub.offer(2, b"b")
-    sub.offer(3, b"c")  # full: the client is evicted
-    sub.offer(4, b"d")  # ignored once evicted
-    assert sub.overflowed
-    got = [await sub.get(), sub.get_nowait(), sub.get_nowait()]
-    assert got == [(1, b"a"), (2, b"b"), (Subscriber.OVERFLOW, b"")]
+    sub.offer(2, b"bb")
+    assert (sub.size, sub.overflowed) == (3, False)
+    sub.offer(3, b"c")  # full: dropped, the stream re-reads the log
+    assert (sub.overflowed, sub.empty(), sub.size) == (True, True, 0)
+    sub.offer(4, b"d")  # ignored until rearmed
     assert sub.empty()
-    sub.stop()
-    sub.expire()  # a second goodbye is not queued
-    sub.beat()  # nor a heartbeat while closing
-    assert sub.get_nowait() == (Subscriber.SHUTDOWN, b"") and sub.empty()
+    sub.rearm()
+    sub.offer(5, b"e")
+    assert (sub.overflowed, sub.pop(), sub.size) == (False, (5, b"e"), 0)
+    sub.offer(6, b"x" * 100)
+    sub.offer(7, b"y")  # over max_bytes
+    assert sub.overflowed and sub.empty()
 
 
-async def test_heartbeats_only_when_idle_and_expiry_says_goodbye() -> None:
+async def test_goodbyes_and_heartbeats() -> None:
     sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
     sub.beat()
-    assert sub.get_nowait() == (Subscriber.BEAT, HEARTBEAT)
+    assert sub.beat_due
+    sub.beat_due = False
     sub.offer(1, b"x")
     sub.beat()  # messages waiting keep the line alive
-    assert sub.get_nowait() == (1, b"x") and sub.empty()
+    assert not sub.beat_due
+    assert sub.pop() == (1, b"x")
     sub.expire()
-    assert await sub.get() == (Subscriber.EXPIRED, b"")
-    assert Subscriber.STOP_REASONS == {-1: "overflow", -2: "shutdown", -3: "maxLifetime"}
+    sub.stop()  # the first goodbye stands
+    assert sub.reason == "maxLifetime"
+    sub.beat()  # no heartbeat while closing
+    assert not sub.beat_due
+    other = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
+    other.stop()
+    assert other.reason == "shutdown"
 
 
-async def test_a_waiting_get_is_woken_by_each_offer() -> None:
+async def test_a_waiting_subscriber_is_woken_by_each_offer_goodbye_and_beat() -> None:
     sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
     for seq in (1, 2):
-        waiting = asyncio.create_task(sub.get())
+        waiting = asyncio.create_task(sub.wait())
         await asyncio.sleep(0)  # it now waits on an empty buffer
         assert not waiting.done()
         sub.offer(seq, b"x")
-        assert await asyncio.wait_for(waiting, 10) == (seq, b"x")
-    sub.offer(3, b"y")  # with nobody waiting
-    assert sub.get_nowait() == (3, b"y")
+        await asyncio.wait_for(waiting, 10)
+        assert sub.pop() == (seq, b"x")
+    waiting = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0)
+    sub.beat()
+    await asyncio.wait_for(waiting, 10)
+    sub.beat_due = False
+    waiting = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0)
+    sub.close("replaced")
+    await asyncio.wait_for(waiting, 10)
+    assert sub.reason == "replaced"
+    await asyncio.wait_for(sub.wait(), 10)  # nothing to wait for once closing
