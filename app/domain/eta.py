@@ -161,8 +161,8 @@ async def on_complete(
 
     ``before`` is the row as it was before completion, for the last progress milestones.
     Locks the key's row now; returns its new values, for the write's final statement.
-    ``pending`` is the key's statistics already staged by this write (a child and the
-    parent it completes share a key): the new values build on them, as one row change.
+    ``pending`` is the key's statistics already staged by this write (a second completion
+    of one key in one write): the new values build on them, as one row change.
     """
     previous = before if before is not None else job
     origin = _origin(previous, 1, job["completed_at"])[0]  # never started: from creation
