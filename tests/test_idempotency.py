@@ -120,8 +120,14 @@ async def test_every_post_endpoint_replays_byte_for_byte_and_applies_once(
         assert retry.headers["Idempotent-Replayed"] == "true"
         assert retry.content == first.content, path
         covered.add("/v1" + path)
-    # Minting a subscriber token changes nothing: a retry mints again (app/api/tokens.py).
-    assert posts == covered | {"/v1/jobs", "/v1/tokens"}
+    key = new_key()  # a retried mint gets the same token
+    first = await post(client, "/tokens", {"userId": "user_1", "expiresIn": 60}, key)
+    retry = await post(client, "/tokens", {"userId": "user_1", "expiresIn": 60}, key)
+    assert (first.status_code, retry.status_code) == (200, 200), first.text
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.content == first.content
+    covered.add("/v1/tokens")
+    assert posts == covered | {"/v1/jobs"}
 
 
 async def test_same_key_with_a_different_body_is_409_and_changes_nothing(

@@ -9,8 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from app.api import idempotency
-from app.api.deps import authenticate_writer
+from app.api.deps import authenticate_writer, write
 from app.api.docs import ERRORS, TokenOut
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
@@ -93,9 +92,6 @@ async def mint_token(
     principal: Annotated[Principal, Depends(authenticate_writer)],
 ) -> Any:
     """Mint a subscriber token (secret key only) for the app to read one user's jobs."""
-    # Minting changes nothing, so a retry may simply mint again: a valid Idempotency-Key
-    # is accepted (and a malformed one refused, as on every POST) but nothing is stored.
-    await idempotency.from_request(request)
     settings: Settings = request.app.state.settings
     limit = settings.token_lifetime_seconds
     lifetime = body.expiresIn if body.expiresIn is not None else limit
@@ -106,18 +102,23 @@ async def mint_token(
         )
     job_ids = list(dict.fromkeys(body.jobIds)) if body.jobIds is not None else None
     kid, secret = await request.app.state.signing_keys.current()
-    token, claims = tokens.mint(
-        kid, secret, principal.app_id, principal.mode, body.userId, job_ids, lifetime
-    )
-    out: dict[str, Any] = {
-        "token": token,
-        "tokenType": "Bearer",
-        "userId": claims.user_id,
-        "expiresIn": lifetime,
-        "expiresAt": datetime.fromtimestamp(claims.expires_at, UTC)
-        .isoformat(timespec="seconds")
-        .replace("+00:00", "Z"),
-    }
-    if claims.job_ids is not None:
-        out["jobIds"] = list(claims.job_ids)
-    return ORJSONResponse(out)
+
+    async def mint(_: Any) -> dict[str, Any]:
+        token, claims = tokens.mint(
+            kid, secret, principal.app_id, principal.mode, body.userId, job_ids, lifetime
+        )
+        out: dict[str, Any] = {
+            "token": token,
+            "tokenType": "Bearer",
+            "userId": claims.user_id,
+            "expiresIn": lifetime,
+            "expiresAt": datetime.fromtimestamp(claims.expires_at, UTC)
+            .isoformat(timespec="seconds")
+            .replace("+00:00", "Z"),
+        }
+        if claims.job_ids is not None:
+            out["jobIds"] = list(claims.job_ids)
+        return out
+
+    # As every POST: with an Idempotency-Key, a retry gets the first response (the same token).
+    return ORJSONResponse(await write(request, principal, mint))

@@ -204,7 +204,9 @@ class RootCluster:
             self._register(os.getpid())
         self.socket_dir = socket_dir
         atexit.register(self.close)
-        return f"postgresql://postgres:@/postgres?host={socket_dir}&port={port}"
+        # As the wheel's own URL: the socket's folder only (its port is the default, 5432).
+        url = f"postgresql://postgres:@/postgres?host={socket_dir}"
+        return url if port == 5432 else f"{url}&port={port}"
 
     def _check_owner(self) -> None:
         assert self.user is not None
