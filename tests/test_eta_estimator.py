@@ -98,9 +98,15 @@ def test_buckets_are_monotone_and_tight():
 
 def test_a_digest_from_before_profiles_keeps_its_histogram_and_learns_again():
     old = {"v": 1, "h": {"500": 7}, "n": 7, "lm": 11.0, "lv": 0.1, "c": {"10": [0, 0, 9]}}
+    # Until it has 5 profiles, its moving mean (e^11 ms, about 60 s) is a guess: an
+    # estimate, without a confidence.
+    before = est.remaining(est.history_of(7, old, None, None), 0, 0)
+    assert before is not None and before.remaining_ms == pytest.approx(math.exp(11.0))
+    assert before.confidence is None
     est.record(old, 60_000, _marks(60_000))
     assert old["v"] == 2 and old["n"] == 8 and "c" not in old
     assert sum(old["h"].values()) == 8 and len(old["r"]) == 1
+    assert old["lm"] == pytest.approx(11.0 + (math.log(60_000) - 11.0) / 8)
     assert not est.history_of(8, old, None, None).learned  # 1 profile: not yet
 
 

@@ -144,10 +144,11 @@ def record(
     forecasts were computed by the job's own progress writes.
     """
     duration_ms = max(1, duration_ms)
-    if int(digest.get("v", 1)) < 2:  # a digest from before profiles: keep its histogram
+    if int(digest.get("v", 1)) < 2:  # from before profiles: keep histogram and moving mean
         for old in ("c", "pe"):
             digest.pop(old, None)
-        digest.update({k: v for k, v in empty_digest().items() if k not in ("h", "n")})
+        kept = ("h", "n", "lm", "lv")
+        digest.update({k: v for k, v in empty_digest().items() if k not in kept})
     _score(digest, duration_ms, forecasts or {})
     log_duration = math.log(duration_ms)
     hist: dict[str, int] = digest.setdefault("h", {})
@@ -360,6 +361,10 @@ def history_of(
     guess = given_ms if given_ms is not None else default_ms
     if guess is not None and guess > 0:
         return History(count, math.log(guess), _GUESS_VAR, model)
+    if digest and int(digest.get("n", 0)) >= HISTORY_MIN:
+        # Statistics kept before profiles existed: until 5 profiled completions, their
+        # moving mean duration serves as a guess.
+        return History(count, float(digest["lm"]), _GUESS_VAR, model)
     return History(count, model=model)
 
 
