@@ -30,6 +30,7 @@ from bench.run import (
     create_jobs,
     loadgen,
     log,
+    postmaster_pid,
     start_echo,
 )
 
@@ -94,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(limit_table())
         echo_proc, echo_url = start_echo(work)
-        pidfile = work / "pgdata" / "postmaster.pid"
-        postmaster = int(pidfile.read_text().split()[0]) if pidfile.exists() else None
+        postmaster = postmaster_pid(dsn)
         try:
             for round_no in range(args.rounds):
                 order = args.revs if round_no % 2 == 0 else args.revs[::-1]

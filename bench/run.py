@@ -216,6 +216,28 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def postmaster_pid(dsn: str) -> int | None:
+    """The PostgreSQL postmaster's pid, when it runs on this machine: the parent of the
+    backend serving one connection (wherever its data directory is)."""
+
+    async def parent_of_backend() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:  # read while the backend lives: it exits with the connection
+            pid = int(await conn.fetchval("SELECT pg_backend_pid()"))
+            return _parent_pid(pid)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(parent_of_backend())
+    except (OSError, IndexError, ValueError):
+        return None  # a remote server: its CPU is not measured
+
+
 class CpuMeter:
     """CPU used by the server, by PostgreSQL (when embedded here) and by load generators."""
 
@@ -381,9 +403,7 @@ class Bench:
         self.server = start_server(self.database_url, self.workdir / "logs", env=SERVER_ENV)
         self.base = self.server.url
         self.echo_proc, self.echo_url = start_echo(self.workdir / "logs")
-        pidfile = self.workdir / "pgdata" / "postmaster.pid"
-        postmaster = int(pidfile.read_text().split()[0]) if pidfile.exists() else None
-        self.cpu = CpuMeter(self.server.process.pid, postmaster)
+        self.cpu = CpuMeter(self.server.process.pid, postmaster_pid(self.dsn))
         log(f"server {self.base} (pid {self.server.process.pid}), echo {self.echo_url}")
 
     async def _limit_table(self) -> None:
