@@ -274,3 +274,41 @@ async def test_clients_that_stop_reading_are_cut_and_memory_stays_bounded(
     assert [int(m.id) for m in got] == list(range(2, EVENTS + 2))
     assert all(m.data["omitted"] == ["result.data"] for m in got)
     assert all(message_size(m.event, m.id, m.data) <= MAX_EVENT for m in got)
+
+
+@pytest.fixture(scope="module")
+def small_buffer_server(database_url: str, workdir: Path) -> Iterator[ServerProcess]:
+    env = {"SEENN_SSE_CLIENT_BUFFER_BYTES": "8192"}  # a handful of events
+    with running_server(database_url, workdir / "logs-small-buffer", env=env) as server:
+        yield server
+
+
+async def test_cancelling_a_big_parent_reaches_a_client_whose_buffer_it_overflows(
+    small_buffer_server: ServerProcess, keys: AppKeys, client: httpx.AsyncClient, db: Any
+) -> None:
+    """One commit with far more events than the stream's byte-bounded buffer holds: the
+    stream is not dropped, it reads the overflow from the log and then goes on live."""
+    user = "u_cancel"
+    parent = await create_parent(client, 300, userId=user)
+    children = await asyncio.gather(*(create_child(client, parent, i) for i in range(300)))
+    async with open_sse(small_buffer_server.url, {"userId": user}, keys.auth(keys.public)) as s:
+        connected = await s.next()
+        assert connected.event == "connected"
+        response = await client.post(f"/jobs/{parent['id']}/cancel", json={})
+        assert response.status_code == 200, response.text
+        last = await db.fetchval(
+            "SELECT last_seq FROM event_streams WHERE app_id=$1 AND mode='test' AND user_id=$2",
+            keys.app_id,
+            user,
+        )
+        got = await s.take(last - int(connected.id))
+        assert [int(m.id) for m in got] == list(range(int(connected.id) + 1, last + 1))
+        cancelled = {m.data["jobId"] for m in got if m.event == "job.cancelled"}
+        assert cancelled == {parent["id"], *(c["id"] for c in children)}
+        sentinel = await create_job(client, userId=user)  # the same stream goes on live
+        (live,) = await s.take(1)
+        assert (live.event, live.data["jobId"], int(live.id)) == (
+            "job.started",
+            sentinel["id"],
+            last + 1,
+        )
