@@ -124,8 +124,10 @@ async def test_a_full_subscriber_buffer_is_dropped_once_and_rearmed() -> None:
     sub.rearm()
     sub.offer(5, b"e")
     assert (sub.overflowed, sub.pop(), sub.size) == (False, (5, b"e"), 0)
-    sub.offer(6, b"x" * 100)
-    sub.offer(7, b"y")  # over max_bytes
+    sub.offer(6, b"x" * 99)
+    sub.offer(7, b"y")  # exactly max_bytes: still taken
+    assert not sub.overflowed and sub.size == 100
+    sub.offer(8, b"z")  # over max_bytes
     assert sub.overflowed and sub.empty()
 
 
@@ -157,6 +159,8 @@ async def test_a_waiting_subscriber_is_woken_by_each_offer_goodbye_and_beat() ->
         sub.offer(seq, b"x")
         await asyncio.wait_for(waiting, 10)
         assert sub.pop() == (seq, b"x")
+    sub.offer(3, b"y")  # with nobody waiting any more
+    assert sub.pop() == (3, b"y")
     waiting = asyncio.create_task(sub.wait())
     await asyncio.sleep(0)
     sub.beat()
