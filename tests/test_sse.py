@@ -215,8 +215,8 @@ async def test_heartbeats_without_id(tuned, keys) -> None:
         beats = [await s.next(wait=5, skip=()) for _ in range(3)]
     assert [b.event for b in beats] == ["heartbeat"] * 3
     assert all(b.id is None for b in beats)
-    gaps = [b.at - a.at for a, b in zip(beats, beats[1:], strict=False)]
-    assert all(0.05 < g < 3 for g in gaps), gaps  # sanity, not speed
+    # How far apart they arrive is left to bench/: on a loaded machine a client may read
+    # several at once, or late.
 
 
 async def test_a_commit_larger_than_the_buffer_is_read_from_the_log_without_a_disconnect(
