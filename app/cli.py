@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from typing import Any
 
@@ -48,8 +47,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     url, _handle = resolve_database(settings)
     if settings.database_url is None or args.migrate:
         _migrate(url)
-    os.environ["SEENN_DATABASE_URL"] = url
-    get_settings.cache_clear()
     # Returns after a graceful shutdown on SIGTERM/SIGINT (see app.main.DrainingServer).
     host, port = args.host or settings.host, args.port or settings.port
     return serve(settings, url, host, port, args.workers)
@@ -70,8 +67,8 @@ async def _with_repo(url: str, action: Any) -> Any:
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     from ulid import ULID
 
+    from app.domain.clock import now_ms
     from app.domain.keys import generate_key, hash_key, key_hint
-    from app.domain.views import now_ms
 
     url, _handle = resolve_database(settings)
     _migrate(url)
@@ -110,7 +107,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from app.domain.views import now_ms
+    from app.domain.clock import now_ms
 
     url, _handle = resolve_database(settings)
     _migrate(url)
@@ -213,8 +210,8 @@ def cmd_keys_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
     """First run: a secret test key for the app, only if it has no active key yet."""
     from ulid import ULID
 
+    from app.domain.clock import now_ms
     from app.domain.keys import generate_key, hash_key, key_hint
-    from app.domain.views import now_ms
 
     url, _handle = resolve_database(settings)
     _migrate(url)

@@ -19,13 +19,14 @@ from starlette.types import ASGIApp
 
 from app import __version__
 from app.api import children, devices, eta, health, idempotency, jobs, sse, tokens, transitions
+from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import KeyCache
-from app.api.docs import install_openapi, install_swagger_ui
 from app.api.errors import install_error_handlers
 from app.api.guards import StrictUrlMiddleware
-from app.api.limits import ConnectionLimiter
 from app.api.ratelimit import RateLimitHeadersMiddleware, limiter_from_settings
-from app.api.routing import BodyLimitMiddleware, OrjsonRoute
+from app.api.routing import OrjsonRoute
+from app.api.schemas import install_openapi, install_swagger_ui
+from app.api.sse_limits import ConnectionLimiter
 from app.dashboard import routes as dashboard
 from app.dashboard.feed import DashboardFeed
 from app.db.engine import create_engine

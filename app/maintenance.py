@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.push_repository import PushRepository
 from app.db.sweep_repository import SweepRepository
-from app.domain.views import now_ms
+from app.domain.clock import now_ms
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -345,6 +345,16 @@ class CutStreamFilter(logging.Filter):
         return not isinstance(exc, SendTimeoutError)
 
 
+class MigrationSetupFilter(logging.Filter):
+    """Drops Alembic's two set-up lines on every start ("Context impl PostgresqlImpl.",
+    "Will assume transactional DDL."); the migrations it applies are still logged."""
+
+    _SETUP = ("Context impl ", "Will assume ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._SETUP)
+
+
 def _utc_time(record: logging.LogRecord) -> str:
     base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
     return f"{base}.{int(record.msecs):03d}Z"
@@ -365,7 +375,7 @@ class JsonFormatter(OrjsonFormatter):
             reserved_attrs=[*RESERVED_ATTRS, "color_message", "taskName"],
         )
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _utc_time(record)
 
 
@@ -378,7 +388,7 @@ class TextFormatter(logging.Formatter):
             defaults={"request_id": "-"},
         )
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return _utc_time(record)
 
 
@@ -395,6 +405,7 @@ def logging_config(settings: Settings) -> dict[str, Any]:
         "filters": {
             "request_id": {"()": RequestIdFilter},
             "cut_stream": {"()": CutStreamFilter},
+            "migration_setup": {"()": MigrationSetupFilter},
         },
         "formatters": {"default": {"()": JsonFormatter if settings.log_json else TextFormatter}},
         "handlers": {
@@ -416,6 +427,11 @@ def logging_config(settings: Settings) -> dict[str, Any]:
             },
             # Our access log replaces uvicorn's (it has the route and the request id).
             "uvicorn.access": {"handlers": [], "propagate": False},
+            "alembic.runtime.migration": {
+                "handlers": [],
+                "propagate": True,
+                "filters": ["migration_setup"],
+            },
         },
         "root": {"handlers": ["default"], "level": level},
     }

@@ -173,7 +173,7 @@ def start_echo(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         ],
         cwd=ROOT,
         stdout=open(log_dir / "echo.log", "wb"),
-        stderr=subprocess.STDOUT,  # noqa: SIM115
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -422,7 +422,7 @@ class Bench:
         for stop in (lambda: self.server.stop(), lambda: self.echo_proc.kill()):
             try:
                 stop()
-            except Exception:  # noqa: BLE001 - teardown goes on
+            except Exception:  # teardown goes on
                 pass
 
     # -- limits
@@ -1170,7 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
             """Run one scenario; a failure is recorded and the others still run."""
             try:
                 step()
-            except Exception as exc:  # noqa: BLE001 - reported in results and the exit code
+            except Exception as exc:  # reported in results and the exit code
                 failures[name] = repr(exc)[:2000]
                 log(f"scenario {name} FAILED: {exc!r}")
 

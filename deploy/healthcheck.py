@@ -17,7 +17,7 @@ def main() -> int:
     port = os.environ.get("SEENN_PORT", "8000")
     url = f"http://127.0.0.1:{port}/readyz"
     try:
-        with urllib.request.urlopen(url, timeout=4) as response:  # noqa: S310 - fixed URL
+        with urllib.request.urlopen(url, timeout=4) as response:  # fixed URL
             return 0 if response.status == 200 else 1
     except (urllib.error.URLError, OSError) as error:
         print(f"not ready: {error}", file=sys.stderr)

@@ -27,8 +27,16 @@ if [ ! -x .venv/bin/seenn-server ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wante
 fi
 
 if [ ! -s "$data/demo-key" ]; then
-  # The server creates the data folder; the key is captured, then written 0600.
-  key="$(.venv/bin/seenn-server keys create --app demo --type secret --mode test | tail -n 1)"
+  # The server creates the data folder; the key is captured, then written 0600. What the
+  # command says on stderr (the embedded PostgreSQL starting) is said again by `serve`
+  # below, so it is shown only if the command fails.
+  log="$(mktemp)"
+  if ! key="$(.venv/bin/seenn-server keys create --app demo --type secret --mode test 2>"$log" | tail -n 1)"; then
+    cat "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
   (umask 077 && printf '%s\n' "$key" > "$data/demo-key")
   echo "Your API key (app 'demo', test mode), shown only this once: $key"
   echo "It is kept in $data/demo-key (readable by you only)."

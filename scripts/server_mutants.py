@@ -99,7 +99,7 @@ MUTANTS = [
     ),
     Mutant(
         "sse-per-key-cap-ignored",
-        "app/api/limits.py",
+        "app/api/sse_limits.py",
         "if not at_user_cap and self._open.get(key_id, 0) >= self.max_per_key:",
         "if False:",
         ("tests/test_server_limits.py", "-k", "per_key_cap"),

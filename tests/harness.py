@@ -195,7 +195,7 @@ def _start_server(
     }
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    log_file = open(log_path, "wb")  # closed with the process
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "app.cli", "serve"),

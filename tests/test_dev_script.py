@@ -65,6 +65,9 @@ def test_dev_script_shows_the_key_once_keeps_it_private_and_installs_once(
     assert key.startswith("sk_test_") and len(key) == 40
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert first.count(key) == 1 and "shown only this once" in first
+    # A quiet start: the embedded database is announced once, Alembic's set-up lines not.
+    assert first_err.count("No DATABASE_URL set") == 1, first_err
+    assert "Context impl" not in first_err and "Will assume" not in first_err, first_err
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     assert STAMP.read_text().strip() == wanted
 

@@ -304,7 +304,9 @@ async def test_malformed_keys_are_rejected_with_400_and_nothing_is_written(
         status, body = await raw_post(server.url, keys.secret, key, orjson.dumps(BODY))
         assert status == 400, (key, body)
         assert body["error"]["code"] == "VALIDATION_ERROR", key
-        assert body["error"]["details"] == {"field": "Idempotency-Key"}, key
+        assert body["error"]["details"] == {
+            "errors": [{"field": "Idempotency-Key", "message": body["error"]["message"]}]
+        }, key
     assert await job_count(db, keys.app_id) == 0
     longest = await post(client, "/jobs", BODY, "k" * 255)
     assert longest.status_code == 201

@@ -111,7 +111,7 @@ def empty_database(database_url: str) -> str:
 def serving(installed, empty_database) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The installed server on the empty database (not migrated yet)."""
     port = free_port()
-    log = open(installed.cwd / f"serve-{port}.log", "wb")  # noqa: SIM115 - closed below
+    log = open(installed.cwd / f"serve-{port}.log", "wb")  # closed below
     process = subprocess.Popen(
         [installed.bin("seenn-server"), "serve"],
         cwd=installed.cwd,

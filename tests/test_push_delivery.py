@@ -101,7 +101,7 @@ class Credentials:
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
-            stderr=open(d / f"apns-{port}.log", "wb"),  # noqa: SIM115 - closed with the process
+            stderr=open(d / f"apns-{port}.log", "wb"),  # closed with the process
         )
         context = ssl.create_default_context(cafile=str(d / "ca.pem"))
         client = httpx.AsyncClient(http2=True, verify=context, timeout=10)

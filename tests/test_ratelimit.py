@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 from ulid import ULID
 
 from app.api.errors import install_error_handlers
-from app.api.limits import ConnectionLimiter, SseSlot, acquire_sse_slot
 from app.api.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from app.api.sse_limits import ConnectionLimiter, SseSlot, acquire_sse_slot
 from app.domain.keys import Principal
 from app.settings import Settings
 from tests.conftest import AppKeys

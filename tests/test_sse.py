@@ -52,7 +52,7 @@ def tuned(database_url, workdir):
 
 def _queued(stream) -> list:
     """The messages received but not yet taken, left in place."""
-    return list(stream.messages._queue)  # noqa: SLF001 - a test's look at its own queue
+    return list(stream.messages._queue)  # a test's look at its own queue
 
 
 async def _stream_last_seq(db, keys, user: str) -> int:

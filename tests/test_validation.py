@@ -185,3 +185,25 @@ async def test_result_fields_read_by_the_clients_must_have_their_types(client, r
     ok = {"type": "video", "url": "https://cdn.example/v.mp4", "data": {"s": 30}, "extra": [1]}
     done = await client.post(f"/jobs/{job['id']}/complete", json={"result": ok})
     assert done.status_code == 200 and done.json()["result"] == ok
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data", None],
+)
+async def test_a_body_sent_without_the_json_content_type_names_the_header(client, content_type):
+    """``curl -d`` without ``-H 'Content-Type: application/json'`` sends a form: the error
+    says which header is missing, and nothing is created."""
+    raw = b'{"jobType":"video","userId":"user_ctype","title":"t"}'
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = await client.post("/jobs", content=raw, headers=headers)
+    error = assert_error(response, 400, "VALIDATION_ERROR")
+    assert "Content-Type: application/json" in error["message"]
+    assert error["details"]["errors"][0]["field"] == "body"
+    assert "Content-Type: application/json" in error["details"]["errors"][0]["message"]
+    listed = await client.get("/jobs", params={"userId": "user_ctype"})
+    assert listed.json()["jobs"] == []
+    # The same body sent as JSON is accepted.
+    for media_type in ("application/json", "application/json; charset=utf-8"):
+        created = await client.post("/jobs", content=raw, headers={"Content-Type": media_type})
+        assert created.status_code == 201, created.text

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.deps import read, require_job
-from app.api.docs import ERRORS, WithChildrenOut
 from app.api.jobs import JobIdPath, Reader
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
+from app.api.schemas import ERRORS, WithChildrenOut
 from app.domain.views import child_summary, job_view
 
 router = APIRouter(tags=["jobs"], route_class=OrjsonRoute)

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from app.api.deps import authenticate, read, require_job_id, require_user, write
-from app.api.docs import ERRORS, Omit
 from app.api.jobs import JobIdPath, Reader
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
+from app.api.schemas import ERRORS, Omit
 from app.domain import push
 from app.domain.commands import (
     DeviceRegistration,

@@ -18,24 +18,6 @@ from app.domain.errors import DomainError, JobNotFound
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_CODE = {
-    "VALIDATION_ERROR": 400,
-    "INVALID_JOB_STATE": 400,
-    "INVALID_PARENT": 400,
-    "INVALID_CHILD_INDEX": 400,
-    "UNAUTHORIZED": 401,
-    "FORBIDDEN": 403,
-    "NOT_FOUND": 404,
-    "CONFLICT": 409,
-    "DUPLICATE_CHILD_INDEX": 409,
-    "IDEMPOTENCY_KEY_REUSED": 409,
-    "IDEMPOTENCY_KEY_IN_USE": 409,
-    "PAYLOAD_TOO_LARGE": 413,
-    "RATE_LIMITED": 429,
-    "SERVICE_UNAVAILABLE": 503,
-    "SERVER_BUSY": 503,
-}
-
 _HTTP_CODES = {
     400: "VALIDATION_ERROR",
     401: "UNAUTHORIZED",
@@ -85,7 +67,7 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 async def _domain(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
-    return error_response(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, exc.details)
+    return error_response(exc.status, exc.code, exc.message, exc.details)
 
 
 async def _validation(request: Request, exc: Exception) -> Response:
@@ -95,9 +77,17 @@ async def _validation(request: Request, exc: Exception) -> Response:
         # NotFoundError from details.id, and polling clients stop on a 404).
         if tuple(e.get("loc", ())) == ("path", "job_id") and isinstance(e.get("input"), str):
             return _job_not_found(e["input"])
+    media_type = _non_json_media_type(request)
     errors = []
     for e in exc.errors():
-        if e.get("type") == "json_invalid":
+        if media_type is not None and tuple(e.get("loc", ())) == ("body",):
+            # The body was not read as JSON at all: say which header is missing.
+            message = (
+                f"Request body must be JSON: send the header Content-Type: application/json "
+                f"(got {media_type})"
+            )
+            errors.append({"field": "body", "message": message})
+        elif e.get("type") == "json_invalid":
             reason = (e.get("ctx") or {}).get("error", "invalid JSON")
             errors.append({"field": "body", "message": f"Request body is not valid JSON: {reason}"})
         else:
@@ -106,6 +96,20 @@ async def _validation(request: Request, exc: Exception) -> Response:
     first = errors[0] if errors else {"field": "", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
     return error_response(400, "VALIDATION_ERROR", message, {"errors": errors})
+
+
+def _non_json_media_type(request: Request) -> str | None:
+    """What the request's Content-Type was when it does not name JSON (FastAPI then leaves
+    the body unparsed), else None."""
+    value = request.headers.get("content-type")
+    if not value:
+        return "no Content-Type"
+    media_type = value.split(";", 1)[0].strip().lower()
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return None
+    return repr(value[:100])
 
 
 def _job_not_found(job_id: str) -> Response:

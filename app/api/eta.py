@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import read, write
-from app.api.docs import ERRORS, Omit
 from app.api.jobs import Reader, Writer
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
+from app.api.schemas import ERRORS, Omit
 from app.domain import eta
+from app.domain.commands import is_identifier
 from app.domain.errors import ValidationFailed
 
 router = APIRouter(tags=["eta"], route_class=OrjsonRoute)
 
 _KEY_MAX = 100 + len(eta.PARENT_SUFFIX)  # a workflowId or jobType, "#parent" for a parent
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 EtaKeyPath = Annotated[
@@ -64,10 +63,9 @@ class EtaResetOut(BaseModel):
 
 def checked_key(eta_key: str) -> str:
     """A key as jobs can have it: 1-107 characters, no control characters; else 400."""
-    if not 1 <= len(eta_key) <= _KEY_MAX or _CONTROL.search(eta_key):
+    if not is_identifier(eta_key, _KEY_MAX):
         raise ValidationFailed(
-            f"etaKey must be 1-{_KEY_MAX} characters without control characters",
-            {"field": "etaKey"},
+            f"etaKey must be 1-{_KEY_MAX} characters without control characters", "etaKey"
         )
     return eta_key
 

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from app.db.idempotency_repository import IdempotencyRepository, StoredResponse
 from app.db.repository import Owner
-from app.domain.errors import Conflict, ValidationFailed
+from app.domain.errors import IdempotencyKeyInUse, IdempotencyKeyReused, ValidationFailed
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -50,19 +50,7 @@ OPENAPI_REPLAYED_HEADER: dict[str, Any] = {
 }
 
 
-class IdempotencyKeyReused(Conflict):
-    """409: the key was first used for a different request."""
-
-    code = "IDEMPOTENCY_KEY_REUSED"
-
-
-class IdempotencyKeyInUse(Conflict):
-    """409: the key's first request has not finished (only if a record was left unfinished)."""
-
-    code = "IDEMPOTENCY_KEY_IN_USE"
-
-
-class Replay(Exception):  # noqa: N818 - control flow, not an error
+class Replay(Exception):  # control flow, not an error
     """Raised inside the write's transaction (rolling it back) to answer with a stored response."""
 
     def __init__(self, stored: StoredResponse) -> None:
@@ -117,10 +105,7 @@ async def from_request(request: Request) -> IdempotentRequest | None:
     if key is None or request.method != "POST":
         return None
     if not _KEY_RE.fullmatch(key):
-        raise ValidationFailed(
-            f"{HEADER} must be 1 to 255 printable ASCII characters",
-            {"field": HEADER},
-        )
+        raise ValidationFailed(f"{HEADER} must be 1 to 255 printable ASCII characters", HEADER)
     # The body was parsed by the route already, so it is valid JSON (or empty).
     digest = request_hash(request.method, request.url.path, await request.body())
     hours = request.app.state.settings.idempotency_retention_hours

@@ -16,9 +16,9 @@ from app.api.deps import (
     require_user,
     write_job,
 )
-from app.api.docs import ERRORS, JobListOut, JobOut
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
+from app.api.schemas import ERRORS, JobListOut, JobOut
 from app.domain.commands import ULID_RE, CreateJob, UserId
 from app.domain.errors import ValidationFailed
 from app.domain.keys import Principal
@@ -42,7 +42,7 @@ def decode_cursor(cursor: str) -> str:
         raw = ""
     version, _, job_id = raw.partition(":")
     if version != "v1" or not ULID_RE.match(job_id):
-        raise ValidationFailed("cursor: invalid pagination cursor", {"field": "cursor"})
+        raise ValidationFailed("cursor: invalid pagination cursor", "cursor")
     return job_id
 
 
@@ -51,7 +51,6 @@ def decode_cursor(cursor: str) -> str:
     status_code=201,
     response_model=JobOut,
     responses=ERRORS,
-    response_model_exclude_none=True,
 )
 async def create_job(body: CreateJob, request: Request, principal: Writer) -> Any:
     """Create a plain, parent or child job."""

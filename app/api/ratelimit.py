@@ -15,7 +15,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.domain.errors import DomainError
+from app.domain.errors import RateLimited
 from app.settings import Settings
 
 STATE_KEY = "rate_limit"  # where the request's decision is kept in ``scope["state"]``
@@ -32,12 +32,6 @@ OPENAPI_HEADERS: dict[str, Any] = {
     },
 }
 _EPSILON = 1e-9  # float slack, so exactly ``burst`` requests fit in one instant
-
-
-class RateLimited(DomainError):
-    """429: the key sent more requests than its bucket allows."""
-
-    code = "RATE_LIMITED"
 
 
 @dataclass(frozen=True, slots=True)

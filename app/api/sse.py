@@ -15,11 +15,11 @@ from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
 from app.api.deps import bearer_key, owner_of, principal_for_key, require_user
-from app.api.limits import acquire_sse_slot
-from app.domain.commands import ULID_RE
+from app.api.sse_limits import acquire_sse_slot
+from app.domain.clock import now_ms
+from app.domain.commands import ULID_RE, USER_ID_MAX, is_identifier
 from app.domain.errors import JobNotFound, NotFound, ValidationFailed
 from app.domain.keys import Principal
-from app.domain.views import now_ms
 from app.observability import Metrics
 from app.realtime import eventlog
 from app.realtime.hub import Hub, Subscriber
@@ -27,7 +27,6 @@ from app.realtime.stream import Delivery, StreamPlan
 
 log = logging.getLogger("seenn.realtime")
 router = APIRouter(tags=["realtime"])
-_USER_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
 _SEQ_RE = re.compile(r"^\d{1,18}$")
 
 
@@ -48,7 +47,8 @@ def _last_event_id(request: Request) -> int | None:
     if not _SEQ_RE.match(raw.strip()):
         raise ValidationFailed(
             "lastEventId must be a non-negative integer event id",
-            {"field": "lastEventId", "value": raw[:100]},
+            "lastEventId",
+            value=raw[:100],
         )
     return int(raw.strip())
 
@@ -85,11 +85,11 @@ async def sse(request: Request) -> EventSourceResponse:
     principal = await principal_for_key(request, _key(request))
     request.state.principal = principal
     user_id = request.query_params.get("userId")
-    if not user_id or not _USER_RE.match(user_id):
-        raise ValidationFailed("userId is required (1-255 characters)", {"field": "userId"})
+    if user_id is None or not is_identifier(user_id, USER_ID_MAX):
+        raise ValidationFailed("userId is required (1-255 characters)", "userId")
     job_id = request.query_params.get("jobId") or None
     if job_id is not None and not ULID_RE.match(job_id):
-        raise ValidationFailed("jobId must be a job id (ULID)", {"field": "jobId"})
+        raise ValidationFailed("jobId must be a job id (ULID)", "jobId")
     _require_scope(principal, user_id, job_id)
     last_id = _last_event_id(request)
     owner = owner_of(principal)

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from app.api.deps import authenticate_writer, write
-from app.api.docs import ERRORS, TokenOut
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
+from app.api.schemas import ERRORS, TokenOut
 from app.db import auth_repository
 from app.domain import tokens
 from app.domain.commands import ULID_RE, UserId
@@ -96,10 +96,7 @@ async def mint_token(
     limit = settings.token_lifetime_seconds
     lifetime = body.expiresIn if body.expiresIn is not None else limit
     if lifetime > limit:
-        raise ValidationFailed(
-            f"expiresIn must be at most {limit} seconds",
-            {"field": "expiresIn", "max": limit},
-        )
+        raise ValidationFailed(f"expiresIn must be at most {limit} seconds", "expiresIn", max=limit)
     job_ids = list(dict.fromkeys(body.jobIds)) if body.jobIds is not None else None
     kid, secret = await request.app.state.signing_keys.current()
 

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.deps import write_job
-from app.api.docs import ERRORS, JobOut
 from app.api.jobs import JobIdPath, Writer
 from app.api.routing import OrjsonRoute
+from app.api.schemas import ERRORS, JobOut
 from app.domain.commands import CancelJob, CompleteJob, FailJob, UpdateProgress
 
 router = APIRouter(tags=["jobs"], route_class=OrjsonRoute)

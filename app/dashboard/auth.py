@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from app.db.dashboard_repository import DashboardRepository
+from app.domain.clock import now_ms
 from app.domain.errors import Forbidden
 from app.domain.keys import Principal
-from app.domain.views import now_ms
 
 COOKIE = "seenn_dashboard"
 COOKIE_PATH = "/dashboard"

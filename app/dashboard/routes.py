@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,11 @@ from app.dashboard.feed import DashboardFeed
 from app.db.dashboard_repository import DashboardRepository, JobFilter
 from app.db.repository import Owner, Repository
 from app.domain import eta
-from app.domain.commands import ULID_RE, CancelJob
+from app.domain.clock import now_ms
+from app.domain.commands import ULID_RE, CancelJob, is_identifier
 from app.domain.errors import DomainError, Forbidden, NotFound, Unauthorized, ValidationFailed
 from app.domain.service import JobService
-from app.domain.views import child_summary, event_view, iso, job_view, now_ms
+from app.domain.views import child_summary, event_view, iso, job_view
 from app.realtime.hub import encode
 
 router = APIRouter(include_in_schema=False)
@@ -39,15 +39,6 @@ STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 PAGE_SIZE = 25
 HISTORY_LIMIT = 200
 WATCH_LIMIT = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_STATUS_CODES = {
-    "VALIDATION_ERROR": 400,
-    "INVALID_JOB_STATE": 400,
-    "UNAUTHORIZED": 401,
-    "FORBIDDEN": 403,
-    "NOT_FOUND": 404,
-    "RATE_LIMITED": 429,
-}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -142,8 +133,7 @@ def _page(
 
 
 def _error(request: Request, session: Session | None, exc: DomainError) -> Response:
-    status = _STATUS_CODES.get(exc.code, 400)
-    return _page(request, "error.html", session, status, code=exc.code, message=exc.message)
+    return _page(request, "error.html", session, exc.status, code=exc.code, message=exc.message)
 
 
 def _to_login() -> Response:
@@ -178,7 +168,7 @@ def _text(value: str | None, field: str, limit: int) -> str | None:
     value = (value or "").strip()
     if not value:
         return None
-    if len(value) > limit or _CONTROL.search(value):
+    if not is_identifier(value, limit):
         raise ValidationFailed(f"{field}: at most {limit} characters, no control characters")
     return value
 
@@ -218,7 +208,7 @@ async def login(request: Request) -> Response:
             if exc.code == "UNAUTHORIZED"
             else exc.message
         )
-        return _page(request, "login.html", None, _STATUS_CODES.get(exc.code, 400), error=message)
+        return _page(request, "login.html", None, exc.status, error=message)
     response = RedirectResponse("/dashboard", status_code=303)
     await auth.start_session(request, response, principal)
     return response
@@ -360,7 +350,9 @@ async def keys_page(request: Request) -> Response:
 # --- operations (secret keys) ---------------------------------------------------------------
 
 
-async def _run_operation(request: Request, action: Any) -> Response:
+async def _run_operation(
+    request: Request, action: Callable[[Session, dict[str, str]], Awaitable[Response]]
+) -> Response:
     try:
         session, form = await _operation(request)
         return await action(session, form)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 from app.db.engine import means_dead_connection
@@ -55,7 +56,7 @@ def compiled(stmt: ClauseElement, dialect: Dialect) -> Compiled:
     hit = _COMPILED.get(key)
     if hit is not None and hit[0] is stmt:
         return hit[1]
-    result = stmt.compile(dialect=dialect)
+    result = cast(SQLCompiler, stmt.compile(dialect=dialect))
     names = tuple(result.positiontup or ())
     processors = tuple(result.binds[name].type._cached_bind_processor(dialect) for name in names)
     entry = Compiled(result.string, names, processors)
@@ -73,7 +74,7 @@ class Driver:
     async def _connection(self) -> Any:
         if self._raw is None:
             fairy = await self.conn.get_raw_connection()
-            adapted = fairy.dbapi_connection
+            adapted: Any = fairy.dbapi_connection
             # SQLAlchemy begins lazily, on a connection's first statement; a statement
             # sent here may be the first, so begin as it would (nothing in autocommit).
             if adapted._transaction is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -18,7 +18,6 @@ from sqlalchemy import (
     any_,
     bindparam,
     column,
-    func,
     insert,
     select,
     text,
@@ -311,7 +310,7 @@ class Repository:
         before_id: str | None,
         limit: int,
         now: datetime,
-        only: Sequence[str] | None = None,
+        only: Collection[str] | None = None,
     ) -> list[Row]:
         """A user's jobs, newest first; with ``only``, just those jobs and their children."""
         params = {
@@ -413,9 +412,6 @@ class Repository:
             .values(revoked_at=now)
         )
         return (await self.conn.execute(stmt)).rowcount == 1
-
-    async def database_now(self) -> datetime:
-        return (await self.conn.execute(select(func.now()))).scalar_one()
 
 
 def _event_params(

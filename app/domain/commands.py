@@ -26,7 +26,14 @@ ERROR_DETAILS_MAX_BYTES = 10 * 1024
 JSON_MAX_DEPTH = 32
 TTL_DEFAULT = 30 * 24 * 3600
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-_IDENT_BAD = re.compile(r"[\x00-\x1f\x7f]")
+USER_ID_MAX = 255
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_identifier(value: str, max_length: int) -> bool:
+    """An identifier as jobs can have it (a userId, a jobType, an ETA key): 1 to
+    ``max_length`` characters, none of them a control character."""
+    return 1 <= len(value) <= max_length and not CONTROL_CHARS.search(value)
 
 
 def _storable(value: str) -> str:
@@ -42,7 +49,7 @@ def _storable(value: str) -> str:
 
 def _identifier(value: str) -> str:
     _storable(value)
-    if _IDENT_BAD.search(value):
+    if CONTROL_CHARS.search(value):
         raise ValueError("must not contain control characters")
     return value
 
@@ -94,7 +101,7 @@ Ident = Annotated[
     AfterValidator(_identifier),
     Field(json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f]*$"}),
 ]
-UserId = Annotated[Ident, Field(min_length=1, max_length=255)]
+UserId = Annotated[Ident, Field(min_length=1, max_length=USER_ID_MAX)]
 JobType = Annotated[Ident, Field(min_length=1, max_length=100)]
 Title = Annotated[Text, Field(min_length=1, max_length=200)]
 Message = Annotated[Text, Field(max_length=2000)]

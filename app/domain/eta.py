@@ -22,21 +22,13 @@ from app.db.eta_repository import EtaRepository
 from app.db.repository import Owner, Repository, Row, Staged
 from app.domain import estimator
 from app.domain.commands import CreateJob, UpdateProgress
-from app.domain.errors import NotFound
+from app.domain.errors import EtaKeyNotFound
 from app.domain.rules import is_terminal
 from app.domain.views import iso
 
 # An estimate further out than this is not an estimate; it also keeps datetimes in range.
 _MAX_REMAINING_MS = 366 * 86_400_000
 PARENT_SUFFIX = "#parent"
-
-
-class EtaKeyNotFound(NotFound):
-    def __init__(self, eta_key: str) -> None:
-        # details.id too: the SDKs build NotFoundError from it.
-        super().__init__(
-            f"No ETA statistics for key {eta_key!r}", {"etaKey": eta_key, "id": eta_key}
-        )
 
 
 def eta_key_of(job: Row) -> str:

@@ -12,7 +12,6 @@ PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = (
     "cancelled",
 )
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
-UNFINISHED = (PENDING, RUNNING)
 
 
 def is_terminal(status: str) -> bool:

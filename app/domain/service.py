@@ -8,7 +8,7 @@ events in one statement (:meth:`JobService.flush_events`) just before commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +18,7 @@ from ulid import ULID
 from app.db.repository import Owner, Repository, Row, Staged, UniqueViolation
 from app.db.tables import jobs
 from app.domain import eta, push
+from app.domain.clock import now_ms
 from app.domain.commands import (
     TTL_DEFAULT,
     CancelJob,
@@ -46,7 +47,7 @@ from app.domain.rules import (
     parent_progress,
     parent_status,
 )
-from app.domain.views import counts_of, event_payload, job_view, now_ms
+from app.domain.views import counts_of, event_payload, job_view
 
 TERMINAL_EVENT = {COMPLETED: "job.completed", FAILED: "job.failed", CANCELLED: "job.cancelled"}
 Locked = tuple[Row, Row | None]  # a locked job row and its ETA key's statistics (or None)
@@ -56,11 +57,11 @@ _BLANK_JOB: Row = {column.name: None for column in jobs.c}  # a new row's unset 
 NO_ETA: Row = {"estimated_completion_at": None, "eta_confidence": None, "eta_based_on": None}
 
 
-class NeedsLocks(Exception):  # noqa: N818 - control flow, not an error
+class NeedsLocks(Exception):  # control flow, not an error
     """This write cannot be done optimistically; run it in a transaction, with row locks."""
 
 
-class WriteConflict(Exception):  # noqa: N818 - control flow, not an error
+class WriteConflict(Exception):  # control flow, not an error
     """An optimistic write found its row changed since it was read; nothing was written."""
 
 
@@ -99,7 +100,7 @@ class JobService:
         user_id: str,
         before_id: str | None,
         limit: int,
-        only: Sequence[str] | None = None,
+        only: Collection[str] | None = None,
     ) -> list[Row]:
         return await self.repo.list_jobs(self.owner, user_id, before_id, limit, self.now, only)
 

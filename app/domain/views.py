@@ -21,12 +21,6 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-def now_ms() -> datetime:
-    """The current time truncated to milliseconds, so stored and shown values agree."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
 _OPTIONAL = (
     ("workflowId", "workflow_id"),
     ("message", "message"),

@@ -75,7 +75,7 @@ def _read_key(value: str) -> str:
             raise ApnsConfigError(f"SEENN_APNS_KEY: cannot read {value}: {exc}") from exc
     try:
         jwt.encode({"iss": "check"}, pem, algorithm="ES256")
-    except Exception as exc:  # noqa: BLE001 - any failure means the key is unusable
+    except Exception as exc:  # any failure means the key is unusable
         raise ApnsConfigError(f"SEENN_APNS_KEY is not an ES256 (.p8) private key: {exc}") from exc
     return pem
 

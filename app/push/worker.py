@@ -74,7 +74,7 @@ class PushWorker:
         while not self._stopping.is_set():
             try:
                 busy = await self.run_once()
-            except Exception as exc:  # noqa: BLE001 - a database outage must not end the worker
+            except Exception as exc:  # a database outage must not end the worker
                 log.warning("push delivery failed: %s: %s", exc.__class__.__name__, exc)
                 busy = False
             if not busy:
@@ -90,7 +90,7 @@ class PushWorker:
         limit = self.settings.push_batch_size
         if self.client is None:
             async with self._autocommit() as repo:
-                skipped = await repo.skip_due(limit, NOT_CONFIGURED)
+                skipped: int = await repo.skip_due(limit, NOT_CONFIGURED)
             self.metrics.push_skipped.inc(skipped)
             return skipped == limit
         lease = timedelta(seconds=self.settings.push_lease_seconds)

@@ -22,7 +22,8 @@ from typing import Any
 import orjson
 
 from app.db.repository import Owner
-from app.domain.views import event_view, now_ms
+from app.domain.clock import now_ms
+from app.domain.views import event_view
 from app.observability import Metrics
 from app.realtime import eventlog
 from app.realtime.hub import HEARTBEAT, Hub, Subscriber

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from fastapi import Request
 
-from app.api.ratelimit import RETRY_AFTER_KEY, RateLimited
+from app.api.ratelimit import RETRY_AFTER_KEY
+from app.domain.errors import RateLimited
 from app.domain.keys import Principal
 
 SSE_RETRY_AFTER_SECONDS = 5
