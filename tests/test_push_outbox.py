@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.conftest import AppKeys
 from tests.helpers import assert_error, complete, create_job, progress
@@ -48,7 +50,7 @@ async def test_a_write_with_push_queues_each_kind_it_asks_for(
 ) -> None:
     job = await registered_job(client, keys)
     push = {"alert": {"title": "Halfway", "body": "50% done"}, "richPush": {"senderName": "Bot"}}
-    await progress(client, job["id"], 50, message="Encoding", push=push)
+    updated = await progress(client, job["id"], 50, message="Encoding", push=push)
     rows = await outbox(db, job["id"])
     assert sorted((r["kind"], r["event"], r["token"]) for r in rows) == [
         ("alert", None, DEVICE_TOKEN),
@@ -57,10 +59,16 @@ async def test_a_write_with_push_queues_each_kind_it_asks_for(
     ]
     listed = (await client.get(f"/jobs/{job['id']}/pushes")).json()["pushes"]
     live = next(p for p in listed if p["kind"] == "liveactivity")
+    # A cold type still has a rate from creation, so the job carries an estimate; the widget
+    # decodes it as a Swift Date: seconds since 2001-01-01T00:00:00Z.
+    eta = datetime.fromisoformat(updated["estimatedCompletionAt"].replace("Z", "+00:00"))
     assert live["payload"]["aps"]["content-state"] == {
         "progress": 50,
         "status": "running",
         "message": "Encoding",
+        "estimatedEndTime": pytest.approx(
+            (eta - datetime(2001, 1, 1, tzinfo=UTC)).total_seconds(), abs=0.001
+        ),
     }
     assert live["payload"]["aps"]["alert"] == {"title": "Halfway", "body": "50% done"}
     alert = next(p for p in listed if p["kind"] == "alert")
