@@ -195,11 +195,10 @@ def cmd_apps_show(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _bootstrap_key(repo: Any, app_id: str, values: dict[str, Any]) -> list[dict[str, Any]]:
     """Insert ``values`` unless ``app_id`` has an active key; returns the active keys found."""
-    from sqlalchemy import func, select
+    from app.db import auth_repository
 
     # Two first runs at once (say, two init containers) must not both create a key.
-    lock = func.pg_advisory_xact_lock(func.hashtext(f"seenn-keys-bootstrap:{app_id}"))
-    await repo.conn.execute(select(lock))
+    await auth_repository.lock_bootstrap(repo.conn, app_id)
     active = [r for r in await repo.list_keys(app_id) if r["revoked_at"] is None]
     if not active:
         await repo.insert_key(values)

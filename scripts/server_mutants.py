@@ -48,7 +48,7 @@ MUTANTS = [
     ),
     Mutant(
         "replay-parent-filter-null",  # audit row 2
-        "app/realtime/eventlog.py",
+        "app/db/eventlog.py",
         "payload->'parent'->>'parentJobId' AS parent_id\n    FROM events WHERE stream_id = :sid",
         "NULL AS parent_id\n    FROM events WHERE stream_id = :sid",
         ("tests/test_sse_replay.py", "-k", "narrowed"),

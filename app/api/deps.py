@@ -12,8 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.responses import Response
 
 from app.api import idempotency, ratelimit
-from app.api.errors import sqlstate
 from app.db import auth_repository
+from app.db.failures import is_retryable, stale_connection
 from app.db.repository import Owner, Repository, Row
 from app.domain import tokens
 from app.domain.errors import Forbidden, JobNotFound, NotFound, Unauthorized
@@ -21,7 +21,6 @@ from app.domain.keys import KEY_RE, Principal, hash_key
 from app.domain.service import JobService, NeedsLocks, WriteConflict
 
 T = TypeVar("T")
-_RETRYABLE_STATES = ("40P01", "40001")  # deadlock detected, serialization failure
 _ATTEMPTS = 3
 _OPTIMISTIC_ATTEMPTS = 3
 
@@ -189,21 +188,9 @@ async def read(
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return await action(JobService(Repository(conn), owner_of(principal)))
         except DBAPIError as exc:
-            if attempt or not _stale_connection(exc):
+            if attempt or not stale_connection(exc):
                 raise
     raise AssertionError("unreachable")
-
-
-def _stale_connection(exc: DBAPIError) -> bool:
-    """A pooled connection found dead (invalidated), not a stalled server (a timeout)."""
-    if not exc.connection_invalidated:
-        return False
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, TimeoutError):
-            return False
-        seen = seen.__cause__ or seen.__context__
-    return True
 
 
 async def write(
@@ -270,8 +257,8 @@ async def _write(
             break
         except DBAPIError as exc:
             # A connection found dead before COMMIT was sent committed nothing: retry once.
-            stale = not committing and attempt == 0 and _stale_connection(exc)
-            if not stale and (sqlstate(exc) not in _RETRYABLE_STATES or attempt == _ATTEMPTS - 1):
+            stale = not committing and attempt == 0 and stale_connection(exc)
+            if not stale and (not is_retryable(exc) or attempt == _ATTEMPTS - 1):
                 raise
     return result, _committed(request, service, body)
 
@@ -314,7 +301,7 @@ async def _write_unlocked(
         except WriteConflict:
             continue
         except DBAPIError as exc:
-            if flushing or not _stale_connection(exc):
+            if flushing or not stale_connection(exc):
                 raise
             return None
         return result, _committed(request, service, body)

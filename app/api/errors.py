@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.api.responses import error_response
+from app.db.failures import is_unavailable
 from app.domain.errors import DomainError, JobNotFound
 
 log = logging.getLogger(__name__)
@@ -29,35 +30,6 @@ _HTTP_CODES = {
     415: "UNSUPPORTED_MEDIA_TYPE",
     429: "RATE_LIMITED",
 }
-
-# SQLSTATE classes that mean "the database is not available right now": connection
-# failures, resource limits, shutdown, statement timeout, a read-only server (a failover
-# in progress), and transient conflicts that outlived the write's retries (deadlock,
-# serialization failure, lock timeout).
-_UNAVAILABLE_STATES = ("08", "53", "57P", "57014", "25006", "40001", "40P01", "55P03")
-
-
-def sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE behind a (wrapped) database error, if any."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
-        if isinstance(state, str):
-            return state
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return None
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` means the database is unreachable, overloaded or shutting down."""
-    if isinstance(exc, PoolTimeout | OSError | ConnectionError | TimeoutError):
-        return True
-    state = sqlstate(exc)
-    if state is not None:
-        return state.startswith(_UNAVAILABLE_STATES)
-    return isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
 
 
 def _field(loc: tuple[Any, ...]) -> str:

@@ -8,10 +8,9 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
 
 from app.api.responses import ORJSONResponse, error_response
-from app.db.migrate import head_revision
+from app.db.migrate import current_revision, head_revision
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -42,9 +41,7 @@ async def readyz(request: Request) -> ORJSONResponse:
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             async with request.app.state.engine.connect() as conn:
-                revision = (
-                    await conn.execute(text("SELECT version_num FROM alembic_version"))
-                ).scalar_one_or_none()
+                revision = await current_revision(conn)
     except Exception as error:  # any failure to reach or read the database means not ready
         return _not_ready("database unreachable", error.__class__.__name__)
     if revision != _HEAD:

@@ -16,12 +16,12 @@ from starlette.types import Receive, Scope, Send
 
 from app.api.deps import bearer_key, owner_of, principal_for_key, require_user
 from app.api.sse_limits import acquire_sse_slot
+from app.db import eventlog
 from app.domain.clock import now_ms
 from app.domain.commands import ULID_RE, USER_ID_MAX, is_identifier
 from app.domain.errors import JobNotFound, NotFound, ValidationFailed
 from app.domain.keys import Principal
 from app.observability import Metrics
-from app.realtime import eventlog
 from app.realtime.hub import Hub, Subscriber
 from app.realtime.stream import Delivery, StreamPlan
 

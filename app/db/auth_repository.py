@@ -119,3 +119,9 @@ async def list_signing_keys(conn: AsyncConnection) -> list[Row]:
         signing_keys.c.kid, signing_keys.c.created_at, signing_keys.c.retired_at
     ).order_by(signing_keys.c.created_at)
     return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+
+
+async def lock_bootstrap(conn: AsyncConnection, app_id: str) -> None:
+    """Hold, until the transaction ends, the lock under which an app's first key is made."""
+    lock = func.pg_advisory_xact_lock(func.hashtext(f"seenn-keys-bootstrap:{app_id}"))
+    await conn.execute(select(lock))

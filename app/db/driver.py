@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-from app.db.engine import means_dead_connection
+from app.db.failures import means_dead_connection
 
 Row = dict[str, Any]
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg  # type: ignore[import-untyped]
 import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from app.db.failures import means_dead_connection
 from app.settings import Settings
 
 # How long a new connection may take before the database counts as unreachable. Short: a
@@ -20,14 +20,6 @@ FALLBACK_COMMAND_TIMEOUT_SECONDS = 30.0
 # cancels first (a clean error on a usable connection) and the client bound only fires
 # when the server is stalled.
 _GRACE_SECONDS = 2.0
-# SQLSTATEs after which the session is gone: connection exceptions, admin/crash shutdown.
-_DEAD_STATES = ("08", "57P01", "57P02", "57P03")
-_DEAD_TYPES = (
-    TimeoutError,
-    OSError,
-    asyncpg.exceptions.InterfaceError,  # "connection is closed", "operation in progress"
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-)
 
 
 def async_url(url: str) -> str:
@@ -47,19 +39,6 @@ def command_timeout(settings: Settings) -> float:
     if settings.db_statement_timeout_ms:
         return settings.db_statement_timeout_ms / 1000 + _GRACE_SECONDS
     return FALLBACK_COMMAND_TIMEOUT_SECONDS
-
-
-def means_dead_connection(exc: BaseException | None) -> bool:
-    """True when ``exc`` (or what caused it) shows the connection itself is unusable."""
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, _DEAD_TYPES):
-            return True
-        state = getattr(seen, "sqlstate", None)
-        if isinstance(state, str) and state.startswith(_DEAD_STATES):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _invalidate_dead(context: ExceptionContext) -> None:

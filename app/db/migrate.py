@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -41,3 +43,10 @@ def head_revision() -> str | None:
     config = Config()
     config.set_main_option("script_location", str(location))
     return ScriptDirectory.from_config(config).get_current_head()
+
+
+async def current_revision(conn: AsyncConnection) -> str | None:
+    """The revision the database's schema is at (None before the first migration ran)."""
+    result = await conn.execute(text("SELECT version_num FROM alembic_version"))
+    revision: str | None = result.scalar_one_or_none()
+    return revision

@@ -19,30 +19,18 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg  # type: ignore[import-untyped]
 
+from app.db import realtime_queries as sql
+from app.db.realtime_queries import CHANNEL
 from app.realtime.wire import HEARTBEAT, encode, fit
 
 __all__ = ["HEARTBEAT", "Hub", "PgNotifier", "Subscriber", "encode", "plain_url"]
 
 log = logging.getLogger("seenn.realtime")
-CHANNEL = "seenn_events"
 POLL_ALL = "*"
 _MAX_PAYLOAD = 4000  # far under PostgreSQL's 8000-byte NOTIFY limit
 _OWN_TIMEOUT = 10.0  # seconds a read or NOTIFY on the hub's connection may take
 T = TypeVar("T")
 
-_READ_MANY = """
-SELECT e.stream_id, e.seq, e.job_id, e.event, e.payload::text AS payload,
-       e.payload->'parent'->>'parentJobId' AS parent_id, e.created_at
-FROM unnest($1::bigint[], $2::bigint[]) AS p(stream_id, pos)
-JOIN events e ON e.stream_id = p.stream_id AND e.seq > p.pos
-ORDER BY e.stream_id, e.seq
-"""
-# The streams created since a subscriber found none (its user had never written).
-_FIND_STREAMS = """
-SELECT s.stream_id, s.app_id, s.mode, s.user_id
-FROM unnest($1::text[], $2::text[], $3::text[]) AS k(app_id, mode, user_id)
-JOIN event_streams s USING (app_id, mode, user_id)
-"""
 NO_STREAM = 0  # the group of subscribers whose user has no stream yet
 
 
@@ -280,7 +268,7 @@ class Hub:
             return
         keys = list({sub.owner_key for sub in waiting if sub.owner_key is not None})
         columns = [list(column) for column in zip(*keys, strict=True)]
-        rows = await self.run_own(lambda c: c.fetch(_FIND_STREAMS, *columns, timeout=_OWN_TIMEOUT))
+        rows = await self.run_own(lambda c: sql.find_streams(c, columns, _OWN_TIMEOUT))
         found = {(r["app_id"], r["mode"], r["user_id"]): r["stream_id"] for r in rows}
         for sub in waiting:
             stream_id = found.get(sub.owner_key)  # type: ignore[arg-type]
@@ -297,9 +285,7 @@ class Hub:
             await self._find_new_streams()
         streams = list(self.subs)
         positions = [self.pos.get(s, 0) for s in streams]
-        rows = await self.run_own(
-            lambda c: c.fetch(_READ_MANY, streams, positions, timeout=_OWN_TIMEOUT)
-        )
+        rows = await self.run_own(lambda c: sql.read_many(c, streams, positions, _OWN_TIMEOUT))
         for row in rows:
             stream_id, seq = row["stream_id"], row["seq"]
             if seq <= self.pos.get(stream_id, seq):
@@ -341,7 +327,7 @@ class Hub:
                         await asyncio.wait_for(lost.wait(), 5)
                     if not lost.is_set():
                         async with self._own_lock:
-                            await conn.execute("SELECT 1", timeout=_OWN_TIMEOUT)
+                            await sql.ping(conn, _OWN_TIMEOUT)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -398,13 +384,12 @@ class PgNotifier:
             await asyncio.sleep(self.window)
 
     async def _send(self, payload: str) -> None:
-        sql = "SELECT pg_notify($1, $2)"
         if self.hub is not None:
-            await self.hub.run_own(lambda c: c.execute(sql, CHANNEL, payload, timeout=_OWN_TIMEOUT))
+            await self.hub.run_own(lambda c: sql.notify(c, payload, _OWN_TIMEOUT))
             return
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            await raw.driver_connection.execute(sql, CHANNEL, payload)
+            await sql.notify(raw.driver_connection, payload)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -7,19 +7,10 @@ import contextlib
 import logging
 from typing import Any
 
-from sqlalchemy import text
+from app.db.eventlog import prune_batch
 
 log = logging.getLogger("seenn.realtime")
 BATCH = 5000
-_PRUNE = text(
-    """
-    DELETE FROM events WHERE ctid IN (
-        SELECT ctid FROM events
-        WHERE created_at < now() - make_interval(secs => :secs)
-        LIMIT :batch FOR UPDATE SKIP LOCKED
-    )
-    """
-)
 
 
 async def prune_once(engine: Any, retention_hours: float, batch: int = BATCH) -> int:
@@ -27,8 +18,7 @@ async def prune_once(engine: Any, retention_hours: float, batch: int = BATCH) ->
     total = 0
     while True:
         async with engine.begin() as conn:
-            result = await conn.execute(_PRUNE, {"secs": retention_hours * 3600, "batch": batch})
-            deleted = int(result.rowcount)
+            deleted = await prune_batch(conn, retention_hours, batch)
         total += deleted
         if deleted < batch:
             return total

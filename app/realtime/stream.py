@@ -21,11 +21,11 @@ from typing import Any
 
 import orjson
 
+from app.db import eventlog
 from app.db.repository import Owner
 from app.domain.clock import now_ms
 from app.domain.views import event_view
 from app.observability import Metrics
-from app.realtime import eventlog
 from app.realtime.hub import HEARTBEAT, Hub, Subscriber
 from app.realtime.wire import encode, fit, fit_json
 

@@ -1,4 +1,5 @@
-"""Reads of the event log and stream state for one SSE connection (never writes events)."""
+"""The event log's reads for one SSE connection, and the pruning of expired events (the writes
+of events are the repository's)."""
 
 from __future__ import annotations
 
@@ -112,3 +113,20 @@ async def jobs_by_id(
     params = {"app_id": owner.app_id, "mode": owner.mode, "ids": ids, "now": now}
     found = {r["id"]: r for r in (await conn.execute(_JOBS, params)).mappings()}
     return [found[i] for i in ids if i in found]
+
+
+_PRUNE = text(
+    """
+    DELETE FROM events WHERE ctid IN (
+        SELECT ctid FROM events
+        WHERE created_at < now() - make_interval(secs => :secs)
+        LIMIT :batch FOR UPDATE SKIP LOCKED
+    )
+    """
+)
+
+
+async def prune_batch(conn: AsyncConnection, retention_hours: float, batch: int) -> int:
+    """Delete up to ``batch`` events older than the retention window; how many were."""
+    result = await conn.execute(_PRUNE, {"secs": retention_hours * 3600, "batch": batch})
+    return int(result.rowcount)
