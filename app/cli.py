@@ -54,12 +54,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _with_repo(url: str, action: Any) -> Any:
     from app.db.engine import create_engine
-    from app.db.repository import Repository
+    from app.db.keys_repository import KeysRepository
 
     engine = create_engine(url, get_settings())
     try:
         async with engine.begin() as conn:
-            return await action(Repository(conn))
+            return await action(KeysRepository(conn))
     finally:
         await engine.dispose()
 
@@ -83,7 +83,7 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         "key_hint": key_hint(key),
         "created_at": now_ms(),
     }
-    asyncio.run(_with_repo(url, lambda repo: repo.insert_key(values)))
+    asyncio.run(_with_repo(url, lambda repo: repo.insert(values)))
     print(f"Created {args.type} {args.mode} key {key_id} for app {args.app!r}.", file=sys.stderr)
     print("Store it now: it is shown only once.", file=sys.stderr)
     print(key)
@@ -95,7 +95,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
     url, _handle = resolve_database(settings)
     _migrate(url)  # a fresh database has no tables yet
-    rows = asyncio.run(_with_repo(url, lambda repo: repo.list_keys(args.app)))
+    rows = asyncio.run(_with_repo(url, lambda repo: repo.of_app(args.app)))
     print(f"{'id':26}  {'app':20}  {'mode':4}  {'type':6}  {'key':20}  status")
     for r in rows:
         status = f"revoked {iso(r['revoked_at'])}" if r["revoked_at"] else "active"
@@ -111,7 +111,7 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
     url, _handle = resolve_database(settings)
     _migrate(url)
-    done = asyncio.run(_with_repo(url, lambda repo: repo.revoke_key(args.key_id, now_ms())))
+    done = asyncio.run(_with_repo(url, lambda repo: repo.revoke(args.key_id, now_ms())))
     if not done:
         print(f"no active key with id {args.key_id}", file=sys.stderr)
         return 1
@@ -199,9 +199,9 @@ async def _bootstrap_key(repo: Any, app_id: str, values: dict[str, Any]) -> list
 
     # Two first runs at once (say, two init containers) must not both create a key.
     await auth_repository.lock_bootstrap(repo.conn, app_id)
-    active = [r for r in await repo.list_keys(app_id) if r["revoked_at"] is None]
+    active = [r for r in await repo.of_app(app_id) if r["revoked_at"] is None]
     if not active:
-        await repo.insert_key(values)
+        await repo.insert(values)
     return active
 
 

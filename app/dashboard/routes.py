@@ -23,6 +23,7 @@ from app.dashboard import auth
 from app.dashboard.auth import Session
 from app.dashboard.feed import DashboardFeed
 from app.db.dashboard_repository import DashboardRepository, JobFilter
+from app.db.keys_repository import KeysRepository
 from app.db.repository import Owner, Repository
 from app.domain import eta
 from app.domain.clock import now_ms
@@ -343,7 +344,7 @@ async def keys_page(request: Request) -> Response:
     if session is None:
         return _to_login()
     async with auth.reading(request) as conn:
-        keys = await Repository(conn).list_keys(session.principal.app_id)
+        keys = await KeysRepository(conn).of_app(session.principal.app_id)
     return _page(request, "keys.html", session, nav="keys", keys=keys)
 
 
@@ -389,7 +390,7 @@ async def reset_eta(request: Request) -> Response:
 async def revoke_key(key_id: str, request: Request) -> Response:
     async def act(session: Session, _form: dict[str, str]) -> Response:
         async with request.app.state.engine.begin() as conn:
-            done = await DashboardRepository(conn).revoke_key(_owner(session), key_id, now_ms())
+            done = await KeysRepository(conn).revoke_owned(_owner(session), key_id, now_ms())
         if not done:
             raise NotFound("No such active key of this app and mode", {"id": key_id[:40]})
         return RedirectResponse("/dashboard/keys", status_code=303)

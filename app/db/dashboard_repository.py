@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, Text, bindparam, delete, insert, text, update
+from sqlalchemy import ARRAY, BigInteger, Text, bindparam, delete, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.repository import Owner, Row
-from app.db.tables import api_keys, dashboard_sessions
+from app.db.tables import dashboard_sessions
 
 _SESSION = text(
     """
@@ -186,17 +186,3 @@ class DashboardRepository:
         return {r["eta_key"]: dict(r) for r in rows}
 
     # --- keys -------------------------------------------------------------------------
-
-    async def revoke_key(self, owner: Owner, key_id: str, now: datetime) -> bool:
-        """Revoke a key of the owner's app and mode; False when there is no such live key."""
-        stmt = (
-            update(api_keys)
-            .where(
-                api_keys.c.id == key_id,
-                api_keys.c.app_id == owner.app_id,
-                api_keys.c.mode == owner.mode,
-                api_keys.c.revoked_at.is_(None),
-            )
-            .values(revoked_at=now)
-        )
-        return (await self.conn.execute(stmt)).rowcount == 1

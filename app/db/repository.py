@@ -1,4 +1,5 @@
-"""The only code that speaks SQL. Every method runs on the caller's connection/transaction."""
+"""The SQL of jobs and their events (the write path and the reads of the API). Every method
+runs on the caller's connection or transaction; the rest of app/db/ holds the other tables' SQL."""
 
 from __future__ import annotations
 
@@ -18,16 +19,14 @@ from sqlalchemy import (
     any_,
     bindparam,
     column,
-    insert,
     select,
     text,
-    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.driver import Driver
-from app.db.tables import api_keys, eta_stats, jobs
+from app.db.tables import eta_stats, jobs
 
 Row = dict[str, Any]
 
@@ -94,7 +93,6 @@ _LIST_CHILDREN = (
 _FIND_CHILD = select(jobs).where(
     jobs.c.parent_job_id == bindparam("parent_id"), jobs.c.child_index == bindparam("index")
 )
-_FIND_KEY = select(api_keys).where(api_keys.c.key_hash == bindparam("key_hash"))
 
 # A locked job comes with its ETA key's statistics (LEFT JOIN: none yet), so a progress
 # write needs no separate read of ``eta_stats`` (a parent's key ends in ``#parent``, see
@@ -390,28 +388,6 @@ class Repository:
                 raise UniqueViolation("child slot taken")
             raise RuntimeError(f"changed {row['changed']} of {len(changes)} locked rows")
         return row["stream_id"], row["last_seq"]
-
-    # --- keys -------------------------------------------------------------------------
-
-    async def find_key(self, key_hash: bytes) -> Row | None:
-        return await self.driver.fetchrow(_FIND_KEY, {"key_hash": key_hash})
-
-    async def insert_key(self, values: Row) -> None:
-        await self.conn.execute(insert(api_keys).values(**values))
-
-    async def list_keys(self, app_id: str | None) -> list[Row]:
-        stmt = select(api_keys).order_by(api_keys.c.app_id, api_keys.c.created_at)
-        if app_id is not None:
-            stmt = stmt.where(api_keys.c.app_id == app_id)
-        return [dict(r) for r in (await self.conn.execute(stmt)).mappings()]
-
-    async def revoke_key(self, key_id: str, now: datetime) -> bool:
-        stmt = (
-            update(api_keys)
-            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
-        return (await self.conn.execute(stmt)).rowcount == 1
 
 
 def _event_params(
