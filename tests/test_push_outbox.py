@@ -11,7 +11,14 @@ import httpx
 import pytest
 
 from tests.conftest import AppKeys
-from tests.helpers import assert_error, complete, create_job, progress
+from tests.helpers import (
+    assert_error,
+    complete,
+    create_child,
+    create_job,
+    create_parent,
+    progress,
+)
 
 LIVE_TOKEN = "a1" * 40
 DEVICE_TOKEN = "b2" * 32
@@ -36,13 +43,57 @@ async def outbox(db: asyncpg.Connection, job_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def test_a_write_without_push_queues_nothing(
+async def test_a_write_without_push_updates_a_registered_live_activity_only(
     client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
 ) -> None:
+    """The SDK's ``push.liveActivity`` defaults to on: a worker that sends no ``push`` still
+    moves the lock screen, and ends it. The user's devices get nothing unasked."""
     job = await registered_job(client, keys)
+    await progress(client, job["id"], 10)
+    rows = await outbox(db, job["id"])
+    assert [(r["kind"], r["event"], r["token"]) for r in rows] == [
+        ("liveactivity", "update", LIVE_TOKEN)
+    ]
+    assert json.loads(rows[0]["payload"])["aps"]["content-state"]["progress"] == 10
+    await complete(client, job["id"])
+    events = [(r["kind"], r["event"]) for r in await outbox(db, job["id"])]
+    assert events[-1] == ("liveactivity", "end")
+    assert {kind for kind, _ in events} == {"liveactivity"}
+
+
+async def test_a_job_without_a_live_activity_queues_nothing_without_push(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    job = await create_job(client, userId="u1", title="Render")
     await progress(client, job["id"], 10)
     await complete(client, job["id"])
     assert await outbox(db, job["id"]) == []
+
+
+async def test_a_parents_live_activity_follows_its_children(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
+) -> None:
+    """A parent's state moves only through its children's writes: its Live Activity is
+    updated by them, and ended when the last child ends."""
+    parent = await create_parent(client, 2, userId="u1")
+    body = {"userId": "u1", "deviceId": "phone", "jobId": parent["id"], "token": LIVE_TOKEN}
+    pk = keys.auth(keys.public)
+    assert (await client.post("/devices/live-activity", json=body, headers=pk)).status_code == 201
+    first = await create_child(client, parent, 0, userId="u1")
+    second = await create_child(client, parent, 1, userId="u1")
+    await progress(client, first["id"], 50)
+    rows = await outbox(db, parent["id"])
+    assert [(r["kind"], r["event"]) for r in rows] == [("liveactivity", "update")]
+    # average mode: (50 + 0) / 2
+    assert json.loads(rows[0]["payload"])["aps"]["content-state"]["progress"] == 25
+    await complete(client, first["id"])
+    await complete(client, second["id"])
+    rows = await outbox(db, parent["id"])
+    assert (rows[-1]["kind"], rows[-1]["event"]) == ("liveactivity", "end")
+    state = json.loads(rows[-1]["payload"])["aps"]["content-state"]
+    assert (state["status"], state["progress"]) == ("completed", 100)
+    # The children have no Live Activity of their own: nothing queued for them.
+    assert await outbox(db, first["id"]) == []
 
 
 async def test_a_write_with_push_queues_each_kind_it_asks_for(
@@ -91,11 +142,12 @@ async def test_a_rejected_write_queues_nothing(
 ) -> None:
     job = await registered_job(client, keys)
     await complete(client, job["id"])
+    queued = await outbox(db, job["id"])  # the Live Activity's end
     late = await client.post(
         f"/jobs/{job['id']}/progress", json={"progress": 60, "push": {"liveActivity": True}}
     )
     assert_error(late, 400, "INVALID_JOB_STATE")
-    assert await outbox(db, job["id"]) == []
+    assert await outbox(db, job["id"]) == queued
 
 
 async def test_malformed_push_options_are_rejected(

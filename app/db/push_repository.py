@@ -90,6 +90,10 @@ _ENQUEUE = text(
 
 _UPSERT_LIVE_ACTIVITY = text(
     """
+    WITH flagged AS (
+        UPDATE jobs SET live_activity = true
+         WHERE id = :job_id AND app_id = :app_id AND mode = :mode AND NOT live_activity
+    )
     INSERT INTO live_activity_tokens AS t (app_id, mode, user_id, device_id, job_id, token,
                                            activity_id, created_at, updated_at)
     VALUES (:app_id, :mode, :user_id, :device_id, :job_id, :token, :activity_id, :now, :now)
@@ -229,7 +233,9 @@ class PushRepository:
     # --- tokens -----------------------------------------------------------------------
 
     async def upsert_live_activity_token(self, owner: Owner, token: Row, now: datetime) -> None:
-        """Store ``token`` (user_id, device_id, job_id, token, activity_id); replaces."""
+        """Store ``token`` (user_id, device_id, job_id, token, activity_id); replaces. The
+        job is flagged (``jobs.live_activity``) in the same statement, so its writes push
+        Live Activity updates without being asked."""
         await self.conn.execute(_UPSERT_LIVE_ACTIVITY, _owner(owner, **token, now=now))
 
     async def delete_live_activity_token(self, owner: Owner, key: Row) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -89,6 +90,8 @@ jobs = Table(
     Column("started_at", TS),
     Column("completed_at", TS),
     Column("expires_at", TS, nullable=False),
+    # A Live Activity was registered for this job: its changes are pushed by default.
+    Column("live_activity", Boolean, nullable=False, server_default=false()),
     CheckConstraint(
         "status IN ('pending', 'running', 'completed', 'failed', 'cancelled')", name="status"
     ),

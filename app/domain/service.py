@@ -247,7 +247,14 @@ class JobService:
         self, job: Row, options: PushOptions | None, cta: CtaButton | None = None
     ) -> None:
         """The outbox hook: a write whose body carries ``push`` records its deliveries in
-        this transaction (they commit, or roll back, with the job's change)."""
+        this transaction (they commit, or roll back, with the job's change).
+
+        A job with a registered Live Activity gets its update (or ``end``) without being
+        asked: the SDK's ``push.liveActivity`` defaults to on, and a worker that sends no
+        ``push`` at all must not leave the lock screen frozen.
+        """
+        if options is None and job.get("live_activity"):
+            options = _LIVE_ACTIVITY_ONLY
         if options is not None:
             self._needs_locks()  # the outbox rows commit with the change: a transaction
             await push.queue_pushes(self.repo, self.owner, job, push.PushRequest(options, cta))
@@ -427,6 +434,12 @@ class JobService:
             self._emit(TERMINAL_EVENT[status], updated)
             if status == COMPLETED:
                 await self._record_completion(updated, parent)
+        await self._queue_pushes(updated, None)  # the parent's own Live Activity, if any
+
+
+# What a write without ``push`` sends to a job with a registered Live Activity: its
+# update or end, and nothing to the user's other devices (those are asked for per write).
+_LIVE_ACTIVITY_ONLY = PushOptions(liveActivity=True, silent=False)
 
 
 def _counter_columns(counts: ChildCounts) -> Row:
