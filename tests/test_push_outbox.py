@@ -193,3 +193,19 @@ async def test_a_live_activity_payload_fits_in_apns_4_kb(
     assert state["progress"] == 100 and state["status"] == "completed"
     assert "resultUrl" not in state and "ctaDeepLink" not in state and "ctaButtonText" not in state
     assert state["message"].endswith("…") and len(state["message"]) == 400
+
+
+async def test_cancelling_a_parent_ends_its_childrens_live_activities(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
+) -> None:
+    parent = await create_parent(client, 2, userId="u1")
+    watched = await create_child(client, parent, 0, userId="u1")
+    other = await create_child(client, parent, 1, userId="u1")
+    body = {"userId": "u1", "deviceId": "phone", "jobId": watched["id"], "token": LIVE_TOKEN}
+    pk = keys.auth(keys.public)
+    assert (await client.post("/devices/live-activity", json=body, headers=pk)).status_code == 201
+    assert (await client.post(f"/jobs/{parent['id']}/cancel", json={})).status_code == 200
+    rows = await outbox(db, watched["id"])
+    assert [(r["kind"], r["event"]) for r in rows] == [("liveactivity", "end")]
+    assert json.loads(rows[0]["payload"])["aps"]["content-state"]["status"] == "cancelled"
+    assert await outbox(db, other["id"]) == []

@@ -237,6 +237,7 @@ class JobService:
                     (child["old_status"], child["progress"]), (CANCELLED, child["progress"])
                 )
                 self._emit("job.cancelled", child)
+                await self._queue_pushes(child, None)  # ends the child's Live Activity, if any
             changes.update(_counter_columns(counts))
             changes["progress"] = parent_progress(job["child_progress_mode"], counts)
         updated = await self._write(job, parent, changes, "job.cancelled")
