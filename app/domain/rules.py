@@ -84,13 +84,12 @@ def parent_status(counts: ChildCounts) -> str:
     """Documented partial-success rules.
 
     While any child is unfinished the parent is ``pending`` (nothing started) or ``running``.
-    Once all are terminal it is ``completed`` if one completed, ``failed`` if none did
-    (``cancelled`` only when every child was cancelled).
+    Once all are terminal it is ``completed`` if one completed, ``failed`` if none did,
+    including when every child was cancelled (the contract has no exception for that; a
+    parent is ``cancelled`` only when it is cancelled itself).
     """
     if counts.terminal >= counts.total:
-        if counts.completed:
-            return COMPLETED
-        return FAILED if counts.failed else CANCELLED
+        return COMPLETED if counts.completed else FAILED
     if counts.running or counts.terminal:
         return RUNNING
     return PENDING
