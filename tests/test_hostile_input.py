@@ -336,6 +336,15 @@ def _cases() -> dict[str, Case]:
             "/jobs?userId=user_1&cursor=djE6JyBPUiAnMSc9JzE",  # base64("v1:' OR '1'='1")
         ),
     )
+    add(
+        "cursor-trailing-newline",
+        Case(
+            "GET",
+            # base64("v1:01ARZ3NDEKTSV4RRFFQ69G5FAV\n"): a ULID, then a newline
+            "/jobs?userId=user_1&cursor=djE6MDFBUlozTkRFS1RTVjRSUkZGUTY5RzVGQVYK",
+        ),
+    )
+    add("sse-job-id-trailing-newline", Case("GET", "/sse?userId=user_1&jobId={job}%0A"))
     add("path-traversal", Case("GET", "/jobs/..%2F..%2Fetc%2Fpasswd", status=404, code="NOT_FOUND"))
     return cases
 

@@ -64,8 +64,8 @@ async def principal_for_key(request: Request, key: str) -> Principal:
     401 for unknown, malformed or revoked keys and for invalid or expired tokens; 403 for a
     public key of an app whose public keys are token-only.
     """
-    if not KEY_RE.match(key):
-        if tokens.SHAPE.match(key):
+    if not KEY_RE.fullmatch(key):
+        if tokens.SHAPE.fullmatch(key):
             return await principal_for_token(request, key)
         raise Unauthorized("Invalid API key")
     digest = hash_key(key)

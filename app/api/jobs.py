@@ -41,7 +41,7 @@ def decode_cursor(cursor: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     version, _, job_id = raw.partition(":")
-    if version != "v1" or not ULID_RE.match(job_id):
+    if version != "v1" or not ULID_RE.fullmatch(job_id):
         raise ValidationFailed("cursor: invalid pagination cursor", "cursor")
     return job_id
 

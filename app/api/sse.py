@@ -44,7 +44,7 @@ def _last_event_id(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
     if raw is None or raw.strip() == "":
         return None
-    if not _SEQ_RE.match(raw.strip()):
+    if not _SEQ_RE.fullmatch(raw.strip()):
         raise ValidationFailed(
             "lastEventId must be a non-negative integer event id",
             "lastEventId",
@@ -88,7 +88,7 @@ async def sse(request: Request) -> EventSourceResponse:
     if user_id is None or not is_identifier(user_id, USER_ID_MAX):
         raise ValidationFailed("userId is required (1-255 characters)", "userId")
     job_id = request.query_params.get("jobId") or None
-    if job_id is not None and not ULID_RE.match(job_id):
+    if job_id is not None and not ULID_RE.fullmatch(job_id):
         raise ValidationFailed("jobId must be a job id (ULID)", "jobId")
     _require_scope(principal, user_id, job_id)
     last_id = _last_event_id(request)

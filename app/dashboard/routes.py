@@ -278,7 +278,7 @@ async def job_page(job_id: str, request: Request) -> Response:
         return _to_login()
     owner = _owner(session)
     try:
-        if not ULID_RE.match(job_id):
+        if not ULID_RE.fullmatch(job_id):
             raise NotFound(f"Job {job_id[:40]} not found")
         async with auth.reading(request) as conn:
             job = await JobService(Repository(conn), owner).get(job_id)
@@ -366,7 +366,7 @@ async def _run_operation(
 @router.post("/dashboard/jobs/{job_id}/cancel")
 async def cancel(job_id: str, request: Request) -> Response:
     async def act(session: Session, _form: dict[str, str]) -> Response:
-        if not ULID_RE.match(job_id):
+        if not ULID_RE.fullmatch(job_id):
             raise NotFound(f"Job {job_id[:40]} not found")
         await deps.write(request, session.principal, lambda s: s.cancel(job_id, CancelJob()))
         return RedirectResponse(f"/dashboard/jobs/{job_id}", status_code=303)
@@ -416,11 +416,11 @@ async def events(request: Request) -> Response:
     if session is None:
         raise Unauthorized("Sign in to the dashboard first")
     owner = _owner(session)
-    watch = [i for i in request.query_params.get("watch", "").split(",") if ULID_RE.match(i)]
+    watch = [i for i in request.query_params.get("watch", "").split(",") if ULID_RE.fullmatch(i)]
     # The newest job the page shows: jobs created since (before this stream, or while it
     # was reconnecting) are sent too, so the list misses none.
     after = request.query_params.get("after") or None
-    after = after if after is not None and ULID_RE.match(after) else None
+    after = after if after is not None and ULID_RE.fullmatch(after) else None
     state = request.app.state
     feed: DashboardFeed = state.dashboard_feed
     settings = state.settings

@@ -72,14 +72,14 @@ def mint(
 
 def key_id(token: str) -> str:
     """The ``kid`` header, read before the signature is checked (to find the key)."""
-    if not SHAPE.match(token):
+    if not SHAPE.fullmatch(token):
         raise TokenInvalid("Invalid token")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError as exc:
         raise TokenInvalid("Invalid token") from exc
     kid = header.get("kid")
-    if header.get("alg") != ALGORITHM or not isinstance(kid, str) or not _KID_RE.match(kid):
+    if header.get("alg") != ALGORITHM or not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
         raise TokenInvalid("Invalid token")
     return kid
 
