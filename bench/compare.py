@@ -61,6 +61,25 @@ def measure(
     return result
 
 
+def batch(base: str, key: str, cpu: CpuMeter, rev: str, round_no: int, n: int) -> dict[str, Any]:
+    """createBatch(n): every child POST at once, then every child completed at once."""
+    before = cpu.sample()
+    spec = {"base": base, "key": key, "children": n, "user": f"batch_{round_no}_{rev}"}
+    result = loadgen("batch", spec, timeout=600)
+    cost = CpuMeter.per_request(before, cpu.sample(), 2 * n)
+    row = {
+        "rev": rev,
+        "round": round_no,
+        "concurrency": "batch",
+        "batch_create_s": round(result["seconds"], 3),
+        "batch_complete_s": round(result["complete_seconds"], 3),
+        "batch_cpu_ms": cost.get("server_cpu_ms"),
+        "errors": result["errors"] + result["complete_errors"],
+    }
+    log(f"{rev} createBatch({n}): {row}")
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revs", nargs="+")
@@ -68,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--complete-jobs", type=int, default=600)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="also run createBatch(N) once per revision and round (0: not)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compare")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                     cpu = CpuMeter(server.process.pid, postmaster)
                     try:
                         tag = f"{rev}-{round_no}"
+                        if args.batch:
+                            rows.append(batch(server.url, key, cpu, rev, round_no, args.batch))
                         solo = create_jobs(server.url, key, [f"s{tag}_{i}" for i in range(128)], 1)
                         for c in args.concurrency:
                             pg = loadgen(
@@ -169,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             for path in checkouts.values():
                 remove_checkout(path)
     (args.out / "compare.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
-    write_markdown(rows, args.revs, args.concurrency, args.out / "compare.md")
+    cs: list[Any] = [*args.concurrency, *(["batch"] if args.batch else [])]
+    write_markdown(rows, args.revs, cs, args.out / "compare.md")
     log(f"wrote {args.out}/compare.json and compare.md")
     return 0
 
@@ -186,11 +214,14 @@ FIELDS = (
     ("complete_cpu_ms", "server CPU ms / complete"),
     ("echo", "echo/s (same round)"),
     ("pg_update", "asyncpg UPDATE/s (same round)"),
+    ("batch_create_s", "createBatch: create all, s"),
+    ("batch_complete_s", "createBatch: complete all, s"),
+    ("batch_cpu_ms", "createBatch: server CPU ms / request"),
     ("errors", "errors"),
 )
 
 
-def write_markdown(rows: list[dict[str, Any]], revs: list[str], cs: list[int], path: Path) -> None:
+def write_markdown(rows: list[dict[str, Any]], revs: list[str], cs: list[Any], path: Path) -> None:
     """Medians over the rounds, one column per revision, one block per concurrency."""
     lines = [
         "| concurrency | measure | " + " | ".join(revs) + " |",
@@ -203,9 +234,11 @@ def write_markdown(rows: list[dict[str, Any]], revs: list[str], cs: list[int], p
                 values = [
                     r[field]
                     for r in rows
-                    if r["rev"] == rev and r["concurrency"] == c and r[field] is not None
+                    if r["rev"] == rev and r["concurrency"] == c and r.get(field) is not None
                 ]
                 cells.append(f"{statistics.median(values):g}" if values else "-")
+            if set(cells) == {"-"}:
+                continue  # a measure of the other kind of block
             lines.append(f"| {c} | {label} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 

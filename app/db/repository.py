@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
 from app.db.driver import Driver
 from app.db.tables import eta_stats, jobs
@@ -55,6 +56,10 @@ class Staged:
     # The row version (xmin) the change was computed from: the change applies only if the
     # row is still that version (an optimistic write, see ``Repository.write``).
     version: int | None = None
+    # An insert of a child made without a transaction: it applies only if this parent is
+    # still live and unfinished, share-locked inside the statement (a concurrent cancel
+    # either sees the child or makes the insert apply to nothing).
+    parent_guard: str | None = None
 
 
 _TABLES = {t.name: t for t in (jobs, eta_stats)}
@@ -118,14 +123,17 @@ _LOCK_PLAIN = text(
     + _OWNED.replace(" AND ", " AND j.")
     + " FOR UPDATE OF j"
 ).columns(*_JOINED)
-# The parent of a live child, itself live (an expired parent hides its children).
-_LOCK_PARENT_OF = text(
+# A live child and its live parent in one statement, locked parent first (rows are locked
+# in the order of ORDER BY): the parent row comes first, the child (``j.id = :id``) last.
+_LOCK_FAMILY = text(
     _WITH_ETA
-    + "WHERE j.id = (SELECT c.parent_job_id FROM jobs c WHERE c.id = :id AND c."
+    + "WHERE j.id IN (SELECT c.id FROM jobs c WHERE c.id = :id AND c.parent_job_id IS NOT NULL"
+    + " AND c."
     + _OWNED.replace(" AND ", " AND c.")
-    + ") AND j.expires_at > :now FOR UPDATE OF j"
+    + " UNION ALL SELECT c.parent_job_id FROM jobs c WHERE c.id = :id AND c."
+    + _OWNED.replace(" AND ", " AND c.")
+    + ") AND j.expires_at > :now ORDER BY j.id = :id FOR UPDATE OF j"
 ).columns(*_JOINED)
-_LOCK_BY_ID = text(_WITH_ETA + "WHERE j.id = :id FOR UPDATE OF j").columns(*_JOINED)
 # The same as _LOCK_PLAIN without the lock, with the row's version (its xmin) instead.
 _READ_PLAIN = text(
     _WITH_ETA.replace("SELECT j.*,", "SELECT j.*, j.xmin::text::bigint AS row_version,")
@@ -178,7 +186,7 @@ _APPEND_EVENTS = text(
 ).bindparams(*_EVENT_PARAMS)
 
 
-# table, key, values, insert, versioned
+# table, key, values, insert, versioned (or, for an insert, guarded by its parent)
 Shape = tuple[str, tuple[str, ...], tuple[str, ...], bool, bool]
 
 
@@ -196,14 +204,24 @@ def _write_statement(shapes: tuple[Shape, ...]) -> TextClause:
     statement is a whole write on its own, committed as it ends, with no lock held while
     the application computes.
     """
-    ctes, params = [], []
+    ctes: list[str] = []
+    params: list[BindParameter[Any]] = []
     versioned = False
     for i, (name, key, columns, inserting, has_version) in enumerate(shapes):
         table = _TABLES[name]
         if inserting:
+            values = f"VALUES ({', '.join(f':c{i}_{c}' for c in columns)})"
+            if has_version:  # guarded by the parent, share-locked in the statement
+                versioned = True
+                values = (
+                    f"SELECT {', '.join(f':c{i}_{c}' for c in columns)} WHERE EXISTS ("
+                    f"SELECT 1 FROM jobs p WHERE p.id = :c{i}_parent"
+                    f" AND p.expires_at > :now AND p.status IN ('pending', 'running')"
+                    " FOR SHARE)"
+                )
+                params.append(bindparam(f"c{i}_parent", type_=String))
             ctes.append(
-                f"c{i} AS (INSERT INTO {name} ({', '.join(columns)})"
-                f" VALUES ({', '.join(f':c{i}_{c}' for c in columns)})"
+                f"c{i} AS (INSERT INTO {name} ({', '.join(columns)}) {values}"
                 " ON CONFLICT (parent_job_id, child_index) DO NOTHING RETURNING 1)\n"
             )
         else:
@@ -279,18 +297,15 @@ class Repository:
         row = await self.driver.fetchrow(_READ_PLAIN, params)
         return _split_eta(row) if row else None
 
-    async def lock_parent_of(
+    async def lock_family(
         self, owner: Owner, child_id: str, now: datetime
-    ) -> tuple[Row, Row | None] | None:
-        """Lock the parent of a live child, if the parent is live too; with its ETA stats."""
-        params = _owned(owner, child_id, now)
-        row = await self.driver.fetchrow(_LOCK_PARENT_OF, params)
-        return _split_eta(row) if row else None
-
-    async def lock_job(self, job_id: str) -> tuple[Row, Row | None] | None:
-        """Lock a job row by id alone (a child whose parent is locked); with its ETA stats."""
-        row = await self.driver.fetchrow(_LOCK_BY_ID, {"id": job_id})
-        return _split_eta(row) if row else None
+    ) -> tuple[tuple[Row, Row | None], tuple[Row, Row | None]] | None:
+        """Lock a live child's live parent, then the child, in one statement (one round trip
+        while the parent is locked instead of two): ``((parent, stats), (child, stats))``."""
+        rows = await self.driver.fetch(_LOCK_FAMILY, _owned(owner, child_id, now))
+        if len(rows) != 2 or rows[1]["id"] != child_id:
+            return None
+        return _split_eta(rows[0]), _split_eta(rows[1])
 
     async def share_lock_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
         """Share-lock a live job (a parent taking a new child: a cancel cannot miss it)."""
@@ -364,23 +379,26 @@ class Repository:
 
         Returns ``(stream_id, last_seq)`` like :meth:`append_events`; raises
         ``UniqueViolation`` when a staged child insert found its slot taken. Returns None,
-        having changed nothing, when a versioned change found its row changed since.
+        having changed nothing, when a versioned change found its row changed since, or a
+        guarded child insert found its slot taken or its parent gone or finished.
         """
         if not changes:
             return await self.append_events(owner, user_id, items, now)
         params = _event_params(owner, user_id, items, now)
         shapes = []
         for i, change in enumerate(changes):
-            versioned = change.version is not None
+            versioned = change.version is not None or change.parent_guard is not None
             shapes.append(
                 (change.table, tuple(change.key), tuple(change.values), change.insert, versioned)
             )
             params.update((f"c{i}_k_{k}", v) for k, v in change.key.items())
             params.update((f"c{i}_{c}", v) for c, v in change.values.items())
-            if versioned:
+            if change.version is not None:
                 params[f"c{i}_version"] = change.version
+            if change.parent_guard is not None:
+                params[f"c{i}_parent"] = change.parent_guard
         row = await self.driver.fetchrow(_write_statement(tuple(shapes)), params)
-        if row is None and any(change.version is not None for change in changes):
+        if row is None and any(s.version is not None or s.parent_guard for s in changes):
             return None
         assert row is not None, "no events to append"
         if row["changed"] != len(changes):

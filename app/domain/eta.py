@@ -78,12 +78,15 @@ def _eta_columns(
 # --- hooks -----------------------------------------------------------------------------
 
 
-async def at_creation(repo: Repository, owner: Owner, cmd: CreateJob, now: datetime) -> Row:
+async def at_creation(
+    repo: Repository, owner: Owner, cmd: CreateJob, now: datetime, *, may_write: bool = True
+) -> Row | None:
     """ETA columns for a new job; also records ``estimatedDuration`` as the key's default.
 
     Order: explicit ``estimatedCompletionAt``; history once the key has 5 completions
     (its typical queue wait plus processing time); the given ``estimatedDuration``; the
-    key's ``defaultDuration``; else no ETA.
+    key's ``defaultDuration``; else no ETA. None, having written nothing, when the default
+    must be recorded and ``may_write`` is false (a write outside a transaction).
     """
     key = (cmd.workflowId or cmd.jobType) + (PARENT_SUFFIX if cmd.totalChildren is not None else "")
     stats_repo = EtaRepository(repo.conn)
@@ -91,6 +94,8 @@ async def at_creation(repo: Repository, owner: Owner, cmd: CreateJob, now: datet
     given = cmd.estimatedDuration
     # Only write when the default changes, so creations of one key do not queue on its row.
     if given is not None and (stats is None or stats["default_duration"] != given):
+        if not may_write:
+            return None
         await stats_repo.set_default(owner, key, given, estimator.empty_digest(), now)
     if cmd.estimatedCompletionAt is not None:
         return {"estimated_completion_at": cmd.estimatedCompletionAt}

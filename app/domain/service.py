@@ -113,7 +113,14 @@ class JobService:
     # --- writes -------------------------------------------------------------------------
 
     async def create(self, cmd: CreateJob) -> Row:
-        self._needs_locks()
+        """A new job and its ``job.started`` event, in one statement.
+
+        Optimistic (no transaction): the parent is read unlocked and the child's insert
+        applies only if the parent is still live and unfinished when the statement runs
+        (share-locked inside it); anything else (a taken slot, a finished parent, an
+        ``estimatedDuration`` to record as the key's default) takes the locked path, which
+        gives the exact error.
+        """
         values: Row = {
             "id": str(ULID()),
             "app_id": self.owner.app_id,
@@ -152,12 +159,20 @@ class JobService:
                 child_index=cmd.childIndex,
                 expires_at=parent["expires_at"],
             )
-        values.update(await eta.at_creation(self.repo, self.owner, cmd, self.now))
+        columns = await eta.at_creation(
+            self.repo, self.owner, cmd, self.now, may_write=not self.optimistic
+        )
+        if columns is None:
+            raise NeedsLocks()  # the key's default changes: a write to its statistics
+        values.update(columns)
         job = {**_BLANK_JOB, **values}
-        self._staged.append(Staged("jobs", {}, values, insert=True))
+        guard = cmd.parentJobId if self.optimistic else None
+        self._staged.append(Staged("jobs", {}, values, insert=True, parent_guard=guard))
         self._emit("job.started", job)
         try:
             await self.flush_events()  # the insert and its event, in one statement
+        except WriteConflict as exc:
+            raise NeedsLocks() from exc  # slot taken or parent finished: the locked path says
         except UniqueViolation as exc:
             existing = await self._existing_child(cmd)
             raise DuplicateChildIndex(
@@ -330,8 +345,12 @@ class JobService:
 
     async def _check_parent(self, cmd: CreateJob) -> Row:
         assert cmd.parentJobId is not None and cmd.childIndex is not None
-        # Share-lock the parent so a concurrent cancel cannot miss this child.
-        parent = await self.repo.share_lock_job(self.owner, cmd.parentJobId, self.now)
+        # Share-lock the parent so a concurrent cancel cannot miss this child (optimistic:
+        # read it unlocked; the insert's statement share-locks it and checks it again).
+        if self.optimistic:
+            parent = await self.repo.get_job(self.owner, cmd.parentJobId, self.now)
+        else:
+            parent = await self.repo.share_lock_job(self.owner, cmd.parentJobId, self.now)
         if parent is None or parent["total_children"] is None:
             raise InvalidParent(
                 f"Parent job {cmd.parentJobId} does not exist or is not a parent",
@@ -376,10 +395,10 @@ class JobService:
         else:
             locked = await self.repo.lock_plain_job(self.owner, job_id, self.now)
         if locked is None:
-            parent = await self.repo.lock_parent_of(self.owner, job_id, self.now)
-            locked = await self.repo.lock_job(job_id) if parent is not None else None
-            if locked is None:
+            family = await self.repo.lock_family(self.owner, job_id, self.now)
+            if family is None:
                 raise JobNotFound(job_id)
+            parent, locked = family
         job, stats = locked
         if is_terminal(job["status"]):
             raise InvalidJobState(
