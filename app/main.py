@@ -19,11 +19,10 @@ from starlette.types import ASGIApp
 
 from app import __version__
 from app.api import children, devices, eta, health, idempotency, jobs, sse, tokens, transitions
-from app.api.body_limit import BodyLimitMiddleware
 from app.api.deps import KeyCache
 from app.api.errors import install_error_handlers
-from app.api.guards import StrictUrlMiddleware
-from app.api.ratelimit import RateLimitHeadersMiddleware, limiter_from_settings
+from app.api.guards import RequestGuards
+from app.api.ratelimit import limiter_from_settings
 from app.api.routing import OrjsonRoute
 from app.api.schemas import install_openapi, install_swagger_ui
 from app.api.sse_limits import ConnectionLimiter
@@ -125,9 +124,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(StrictUrlMiddleware)
-    app.add_middleware(RateLimitHeadersMiddleware)
+    app.add_middleware(RequestGuards, max_bytes=settings.max_body_bytes)
     origins = [o.strip() for o in settings.cors_allow_origins.split(",") if o.strip()]
     if origins:  # outermost of these, so a preflight is answered before anything else
         app.add_middleware(

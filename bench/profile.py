@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             profiles: list[tuple[str, Path, dict[str, Any]]] = []
             for name, kind, target in (
                 ("progress", "progress", ids),
+                ("get", "get", ids),
                 ("child_progress", "child_progress", family),
             ):
                 raw = args.out / f"profile_{name}.txt"

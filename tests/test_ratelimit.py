@@ -13,7 +13,8 @@ from fastapi import FastAPI, Request
 from ulid import ULID
 
 from app.api.errors import install_error_handlers
-from app.api.ratelimit import RateLimiter, RateLimitHeadersMiddleware
+from app.api.guards import RequestGuards
+from app.api.ratelimit import RateLimiter
 from app.api.sse_limits import ConnectionLimiter, SseSlot, acquire_sse_slot
 from app.domain.keys import Principal
 from app.settings import Settings
@@ -154,7 +155,7 @@ async def test_the_sse_key_cap_answers_429_with_retry_after_in_the_envelope() ->
     """The HTTP shape a stream endpoint gets from ``acquire_sse_slot`` (in-process app)."""
     app = FastAPI()
     install_error_handlers(app)
-    app.add_middleware(RateLimitHeadersMiddleware)
+    app.add_middleware(RequestGuards, max_bytes=1024)
     app.state.sse_limiter = ConnectionLimiter(max_per_key=2, max_per_user=1)
     held: list[SseSlot] = []
 

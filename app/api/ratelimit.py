@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message
 
 from app.domain.errors import RateLimited
 from app.settings import Settings
@@ -109,30 +109,12 @@ def enforce(state: Any, limiter: RateLimiter | None, key_id: str) -> None:
         )
 
 
-class RateLimitHeadersMiddleware:
-    """Adds ``X-RateLimit-Limit``/``-Remaining`` (and ``Retry-After`` on a 429) to every
-    response of a request that was rate-checked, whatever produced the response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        # Created here, so a copy of the scope made further in still shares this dict.
-        state: dict[str, Any] = scope.setdefault("state", {})
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                _add_headers(message, state)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _add_headers(message: Message, state: dict[str, Any]) -> None:
+def add_rate_limit_headers(message: Message, state: dict[str, Any]) -> None:
+    """Adds ``X-RateLimit-Limit``/``-Remaining`` to the response start ``message`` of a
+    request that was rate-checked, and ``Retry-After`` to a 429 that has none."""
     decision = state.get(STATE_KEY)
+    if decision is None and message["status"] != 429:
+        return  # not rate-checked (limits off, or answered before authentication)
     headers = MutableHeaders(scope=message)
     if isinstance(decision, Decision):
         headers["X-RateLimit-Limit"] = str(decision.limit)
