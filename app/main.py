@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sse_starlette.sse import AppStatus
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.api import children, devices, eta, health, idempotency, jobs, sse, tokens, transitions
@@ -61,6 +61,11 @@ class SeennApp(FastAPI):
         return ObservabilityMiddleware(
             super().build_middleware_stack(), self.state.metrics, RouteTemplates(self)
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The server's own send, for the SSE stream's direct writes (app/api/sse.py).
+        scope[sse.RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:

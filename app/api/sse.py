@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
@@ -22,12 +24,15 @@ from app.domain.commands import ULID_RE, USER_ID_MAX, is_identifier
 from app.domain.errors import JobNotFound, NotFound, ValidationFailed
 from app.domain.keys import Principal
 from app.observability import Metrics
-from app.realtime.hub import Hub, Subscriber
+from app.realtime.hub import Hub, Subscriber, frame
 from app.realtime.stream import Delivery, StreamPlan
 
 log = logging.getLogger("seenn.realtime")
 router = APIRouter(tags=["realtime"])
 _SEQ_RE = re.compile(r"^\d{1,18}$")
+# Where the outermost app leaves the server's own ``send`` (app/main.py), so that the stream
+# can reach the connection beneath the middlewares' per-message wrappers.
+RAW_SEND = "seenn.raw_send"
 
 
 def _key(request: Request) -> str:
@@ -172,24 +177,123 @@ async def sse(request: Request) -> EventSourceResponse:
         hub.remove(sub)
         slot.release()
 
-    return StreamResponse(
+    response = StreamResponse(
         events(),
         background=BackgroundTask(cleanup),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         ping=0,  # the hub's ticker sends heartbeats: no timer task per connection
         shutdown_event=hub.shutdown_event,
-        shutdown_grace_period=2.0,
+        shutdown_grace_period=hub.shutdown_grace,
         send_timeout=settings.sse_send_timeout_seconds,
     )
+    response.subscriber = sub
+    return response
+
+
+class _Wire:
+    """uvicorn's HTTP/1.1 connection (httptools), written to directly: the same chunk
+    framing as its own ``send``, and the same back-pressure (its flow control)."""
+
+    __slots__ = ("cycle", "flow", "transport")
+
+    def __init__(self, cycle: Any) -> None:
+        self.cycle = cycle
+        self.flow = cycle.flow
+        self.transport = cycle.transport
+
+    @staticmethod
+    def of(scope: Scope) -> _Wire | None:
+        """The connection behind this response, once its head is sent with chunked framing;
+        None for any other server (every write then goes through ``send``)."""
+        cycle = getattr(scope.get(RAW_SEND), "__self__", None)
+        if (
+            cycle is None
+            or getattr(cycle, "chunked_encoding", None) is not True
+            or getattr(cycle, "response_complete", True)
+            or not hasattr(getattr(cycle, "flow", None), "write_paused")
+            or not hasattr(getattr(cycle, "transport", None), "write")
+        ):
+            return None
+        return _Wire(cycle)
+
+    def writable(self) -> bool:
+        return not (
+            self.flow.write_paused or self.cycle.disconnected or self.transport.is_closing()
+        )
+
+    def write(self, chunks: bytes) -> None:
+        self.transport.write(chunks)
+
+    def close(self) -> None:
+        self.transport.close()
 
 
 class StreamResponse(EventSourceResponse):
-    """An SSE response whose sends time out: a client that reads nothing for
-    ``send_timeout`` seconds has its stream cut (its buffers stop growing)."""
+    """The SSE response of ``GET /v1/sse``: one HTTP chunk per message, lean per message.
+
+    sse-starlette's headers and HEAD answer are kept; the stream itself runs in the
+    request's task with one helper task that waits for the client to leave. A message goes
+    straight to the connection when it is writable (see ``_Wire``), else through ``send``
+    under ``send_timeout``: a client that reads nothing for that long has its stream cut
+    (its buffers stop growing). While the stream waits, the hub writes live events to the
+    connection itself (``Subscriber.deliver``), so a fan-out wakes no task per subscriber.
+    """
+
+    subscriber: Subscriber | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
+        sub = self.subscriber
+        if sub is None or scope["type"] != "http" or scope["method"].upper() == "HEAD":
             await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            log.info("SSE client read nothing for %.0f s: stream cut", self.send_timeout)
-            raise  # the server closes the connection (its log line is filtered out)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        ended = False  # the client left, or the server cut the stream
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                task.cancel()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            end()
+
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        wire = _Wire.of(scope)
+        sub.wire = wire
+        sub.abort = end
+        watcher = asyncio.create_task(watch())
+        iterator = cast(AsyncIterator[bytes], self.body_iterator)  # events(): bytes
+        try:
+            async for message in iterator:
+                if wire is not None and wire.writable():
+                    wire.write(frame(message))
+                    continue
+                try:
+                    async with asyncio.timeout(self.send_timeout):
+                        await send(
+                            {"type": "http.response.body", "body": message, "more_body": True}
+                        )
+                except TimeoutError:
+                    log.info("SSE client read nothing for %.0f s: stream cut", self.send_timeout)
+                    raise SendTimeoutError() from None  # the server closes the connection
+        except asyncio.CancelledError:
+            if not ended:
+                raise
+            task.uncancel()
+        finally:
+            sub.wire = None
+            sub.abort = None
+            watcher.cancel()
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if wire is not None and not wire.writable():
+            wire.close()  # gone, or not reading: no goodbye to wait for
+        else:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:
+            await self.background()

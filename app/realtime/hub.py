@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import anyio
 import asyncpg  # type: ignore[import-untyped]
@@ -23,7 +24,7 @@ from app.db import realtime_queries as sql
 from app.db.realtime_queries import CHANNEL
 from app.realtime.wire import HEARTBEAT, encode, fit
 
-__all__ = ["HEARTBEAT", "Hub", "PgNotifier", "Subscriber", "encode", "plain_url"]
+__all__ = ["HEARTBEAT", "Hub", "PgNotifier", "Subscriber", "Wire", "encode", "frame", "plain_url"]
 
 log = logging.getLogger("seenn.realtime")
 POLL_ALL = "*"
@@ -40,6 +41,32 @@ def plain_url(url: str) -> str:
     return scheme.split("+", 1)[0] + sep + rest
 
 
+class Wire(Protocol):
+    """Where a stream's bytes go when written directly (the HTTP server's connection)."""
+
+    def writable(self) -> bool:
+        """True when a write now would neither block nor queue behind back-pressure."""
+        ...
+
+    def write(self, chunks: bytes) -> None:
+        """Write framed HTTP chunks (one SSE message each) to the connection now."""
+        ...
+
+
+class Event(NamedTuple):
+    """One event read from the log, encoded once for every subscriber."""
+
+    seq: int
+    job_id: str
+    parent_id: str | None
+    data: bytes
+
+
+def frame(data: bytes) -> bytes:
+    """One SSE message as one HTTP/1.1 chunk (``size CRLF data CRLF``)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 @dataclass(eq=False)
 class Subscriber:
     """One client: a buffer of ``(seq, bytes)`` bounded in events and in bytes.
@@ -50,6 +77,12 @@ class Subscriber:
     reads (so a slow client costs the log a few reads, never unbounded memory). The hub's
     ticker sends heartbeats and ends the stream at ``deadline`` (a monotonic time), so a
     connection needs no timer of its own.
+
+    While the stream waits with nothing queued (``idle``) and its connection is writable,
+    the hub writes a live event straight to the connection (``wire``): the same framed
+    bytes for every subscriber, and no task woken per subscriber. Anything else (a
+    connection under back-pressure, a message already queued, a heartbeat, a goodbye) goes
+    through the buffer and the stream's own task, in order.
     """
 
     stream_id: int
@@ -66,7 +99,15 @@ class Subscriber:
     reason: str | None = None  # set when the stream must say goodbye and end
     expiry_reason: str = "maxLifetime"  # the goodbye at ``deadline``
     beat_due: bool = False
+    sent: int = field(init=False, default=0)  # the newest seq written to the client
+    last_event: float = field(init=False, default_factory=time.monotonic)
+    wire: Wire | None = None  # set by the HTTP layer when it can be written directly
+    abort: Callable[[], None] | None = None  # cuts the connection (set by the HTTP layer)
+    idle: bool = field(init=False, default=False)  # parked in ``wait`` with nothing queued
     _waiter: asyncio.Future[None] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.sent = self.floor
 
     def wants(self, seq: int, job_id: str, parent_id: str | None) -> bool:
         if seq <= self.floor:
@@ -74,9 +115,26 @@ class Subscriber:
         return self.job_id is None or job_id == self.job_id or parent_id == self.job_id
 
     def _wake(self) -> None:
+        self.idle = False  # from now on, everything goes through the buffer, in order
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def deliver(self, events: list[Event], framed: bytes | None, now: float) -> int:
+        """Write ``events`` (in seq order; ``framed``: their chunks joined, or None to
+        build them) in one write if the stream waits and its connection is writable, and
+        return how many; else queue each one as ``offer`` does and return 0."""
+        wire = self.wire
+        if self.idle and wire is not None and events[0].seq > self.sent and wire.writable():
+            if framed is None:
+                framed = b"".join(frame(e.data) for e in events)
+            wire.write(framed)
+            self.sent = events[-1].seq
+            self.last_event = now
+            return len(events)
+        for event in events:
+            self.offer(event.seq, event.data)
+        return 0
 
     def offer(self, seq: int, data: bytes) -> None:
         """Queue without waiting; a full buffer is dropped (the stream re-reads the log)."""
@@ -125,13 +183,16 @@ class Subscriber:
         self.size -= len(item[1])
         return item
 
-    async def wait(self) -> None:
-        """Until there is something to do: a message, an overflow, a goodbye or a beat."""
+    async def wait(self, direct: bool = False) -> None:
+        """Until there is something to do: a message, an overflow, a goodbye or a beat.
+        With ``direct``, the hub may meanwhile write live events straight to ``wire``."""
         while not (self.buffer or self.overflowed or self.reason or self.beat_due):
             self._waiter = asyncio.get_running_loop().create_future()
+            self.idle = direct and self.wire is not None
             try:
                 await self._waiter
             finally:
+                self.idle = False
                 self._waiter = None
 
 
@@ -161,7 +222,9 @@ class Hub:
         self._own_lock = asyncio.Lock()
         # Set by sse-starlette when the server begins shutting down.
         self.shutdown_event = anyio.Event()
+        self.shutdown_grace = 2.0  # seconds a stream has to say goodbye before it is cut
         self.read_lag: Any = None  # a Histogram (seconds from write to read), set by the runtime
+        self.events_delivered: Any = None  # a Counter of events written directly, likewise
         # Told of every wake-up payload, before the per-stream filter (the dashboard's feed).
         self.observers: list[Callable[[str], None]] = []
 
@@ -191,10 +254,17 @@ class Hub:
                         sub.beat()
 
     async def _on_shutdown(self) -> None:
+        """Every stream says goodbye; one still open after the grace period (its client
+        reads nothing) is cut."""
         await self.shutdown_event.wait()
         for group in list(self.subs.values()):
             for sub in list(group):
                 sub.stop()
+        await asyncio.sleep(self.shutdown_grace)
+        for group in list(self.subs.values()):
+            for sub in list(group):
+                if sub.abort is not None:
+                    sub.abort()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -280,23 +350,49 @@ class Hub:
             self.pos[stream_id] = 0
 
     async def read_once(self) -> None:
-        """One query for every active stream, then fan out in seq order."""
+        """One query for every active stream, then fan out in seq order.
+
+        Each event is encoded and framed once. A subscriber whose stream waits gets every
+        new event of this read in ONE write (each message still its own HTTP chunk), so the
+        socket writes per subscriber follow the reads, not the events: under load a read
+        brings more events and the fan-out costs no more writes.
+        """
         if NO_STREAM in self.subs:
             await self._find_new_streams()
         streams = list(self.subs)
         positions = [self.pos.get(s, 0) for s in streams]
         rows = await self.run_own(lambda c: sql.read_many(c, streams, positions, _OWN_TIMEOUT))
-        for row in rows:
-            stream_id, seq = row["stream_id"], row["seq"]
-            if seq <= self.pos.get(stream_id, seq):
+        now = time.monotonic()
+        wall = time.time()
+        direct = 0
+        for stream_id, group in itertools.groupby(rows, key=lambda r: r["stream_id"]):
+            events: list[Event] = []
+            pos = self.pos.get(stream_id)
+            for row in group:
+                seq = row["seq"]
+                if pos is not None and seq <= pos:
+                    continue
+                pos = seq
+                if self.read_lag is not None:
+                    self.read_lag.observe(max(0.0, wall - row["created_at"].timestamp()))
+                data = fit(seq, row["event"], row["payload"], self.max_event_bytes)
+                events.append(Event(seq, row["job_id"], row["parent_id"], data))
+            if not events:
                 continue
-            self.pos[stream_id] = seq
-            if self.read_lag is not None:
-                self.read_lag.observe(max(0.0, time.time() - row["created_at"].timestamp()))
-            data = fit(seq, row["event"], row["payload"], self.max_event_bytes)
-            for sub in self.subs.get(stream_id, ()):
-                if sub.wants(seq, row["job_id"], row["parent_id"]):
-                    sub.offer(seq, data)
+            self.pos[stream_id] = events[-1].seq
+            first = events[0].seq
+            every: bytes | None = None  # all of them, framed and joined once
+            for sub in list(self.subs.get(stream_id, ())):
+                if sub.job_id is None and sub.floor < first:
+                    if every is None:
+                        every = b"".join(frame(e.data) for e in events)
+                    direct += sub.deliver(events, every, now)
+                    continue
+                mine = [e for e in events if sub.wants(e.seq, e.job_id, e.parent_id)]
+                if mine:
+                    direct += sub.deliver(mine, None, now)
+        if direct and self.events_delivered is not None:
+            self.events_delivered.inc(direct)
 
     async def run_own(self, command: Callable[[Any], Awaitable[T]]) -> T:
         """Run one command on the hub's own connection, else on a pooled one."""

@@ -29,6 +29,7 @@ def start_realtime(engine: Any, url: str, settings: Settings, metrics: Metrics) 
         settings.sse_max_event_bytes,
     )
     hub.read_lag = metrics.notification_lag
+    hub.events_delivered = metrics.events_delivered
     hub.start()
     notifier = PgNotifier(engine, hub)
     pruner = start_pruner(engine, settings.event_retention_hours)

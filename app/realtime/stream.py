@@ -60,8 +60,6 @@ class Delivery:
         self.hub = hub
         self.engine = engine
         self.metrics = metrics
-        self.sent = plan.start
-        self.last_event = time.monotonic()
         self._stop: str | None = None  # why reading the log ended the stream
 
     async def messages(self) -> AsyncIterator[bytes]:
@@ -83,11 +81,11 @@ class Delivery:
                         yield message
                     reason = sub.reason or self._stop
                     continue
-                await sub.wait()
+                await sub.wait(direct=True)  # live events may go straight to the wire
                 while not sub.empty():
                     seq, data = sub.pop()
-                    if seq > self.sent:  # the log already gave what overlaps
-                        self.sent = seq
+                    if seq > sub.sent:  # the log already gave what overlaps
+                        sub.sent = seq
                         self._delivered(1)
                         yield data
                 if sub.beat_due:
@@ -97,11 +95,11 @@ class Delivery:
                     reason = sub.reason
         except _Unavailable:
             reason = "unavailable"
-        idle_ms = int((time.monotonic() - self.last_event) * 1000)
+        idle_ms = int((time.monotonic() - sub.last_event) * 1000)
         yield encode(None, "connection.idle", _json({"reason": reason, "idleTime": idle_ms}))
 
     def _delivered(self, n: int) -> None:
-        self.last_event = time.monotonic()
+        self.sub.last_event = time.monotonic()
         self.metrics.events_delivered.inc(n)
 
     async def _sync(self) -> AsyncIterator[bytes]:
@@ -121,14 +119,14 @@ class Delivery:
         sub = self.sub
         sub.rearm()
         upto = self.hub.position(sub.stream_id)
-        while self.sent < upto and sub.reason is None:
-            rows = await self._read(eventlog.page, sub.stream_id, self.sent, upto, PAGE)
-            if not rows or rows[0]["seq"] != self.sent + 1:
+        while sub.sent < upto and sub.reason is None:
+            rows = await self._read(eventlog.page, sub.stream_id, sub.sent, upto, PAGE)
+            if not rows or rows[0]["seq"] != sub.sent + 1:
                 self._stop = "resync"
                 return
             for row in rows:
                 seq = row["seq"]
-                self.sent = seq
+                sub.sent = seq
                 if sub.wants(seq, row["job_id"], row["parent_id"]):
                     self._delivered(1)
                     yield fit(seq, row["event"], row["payload"], self.plan.max_event_bytes)
