@@ -12,7 +12,7 @@ import pytest
 
 from app.api.idempotency import _KEY_RE, request_hash
 from app.domain.keys import KEY_RE, Principal, generate_key, hash_key, key_hint
-from app.realtime.hub import HEARTBEAT, Subscriber, encode
+from app.realtime.hub import HEARTBEAT, Event, Subscriber, encode, frame
 
 BODY = b'{"b": 1, "a": [1, 2]}'
 
@@ -172,3 +172,62 @@ async def test_a_waiting_subscriber_is_woken_by_each_offer_goodbye_and_beat() ->
     await asyncio.wait_for(waiting, 10)
     assert sub.reason == "replaced"
     await asyncio.wait_for(sub.wait(), 10)  # nothing to wait for once closing
+
+
+class _FakeWire:
+    """A connection that records what is written to it (``Subscriber.deliver``'s target)."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return self.open
+
+    def write(self, chunks: bytes) -> None:
+        self.writes.append(chunks)
+
+
+def _events(*seqs: int) -> list[Event]:
+    return [Event(s, "J", None, f"id: {s}\n\n".encode()) for s in seqs]
+
+
+async def test_a_waiting_stream_gets_every_new_event_in_one_write_each_its_own_chunk() -> None:
+    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
+    wire = _FakeWire()
+    sub.wire = wire
+    waiting = asyncio.create_task(sub.wait(direct=True))
+    await asyncio.sleep(0)
+    assert sub.idle
+    events = _events(1, 2)
+    assert sub.deliver(events, None, 5.0) == 2
+    assert wire.writes == [b"7\r\nid: 1\n\n\r\n7\r\nid: 2\n\n\r\n"]  # two chunks, one write
+    assert (sub.sent, sub.last_event, sub.empty(), waiting.done()) == (2, 5.0, True, False)
+    assert sub.deliver(_events(2), None, 6.0) == 0  # never twice: queued, the task skips it
+    await asyncio.wait_for(waiting, 10)
+    assert not sub.idle and sub.pop() == (2, b"id: 2\n\n")
+    assert frame(b"abc") == b"3\r\nabc\r\n"
+
+
+async def test_a_stream_under_back_pressure_or_busy_gets_events_through_its_buffer() -> None:
+    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
+    wire = _FakeWire()
+    sub.wire = wire
+    assert sub.deliver(_events(1), None, 1.0) == 0  # not waiting (busy): queued
+    assert sub.pop() == (1, b"id: 1\n\n") and wire.writes == []
+    waiting = asyncio.create_task(sub.wait(direct=True))
+    await asyncio.sleep(0)
+    wire.open = False  # the client stopped reading
+    assert sub.deliver(_events(2, 3), None, 1.0) == 0
+    assert not sub.idle and wire.writes == []
+    await asyncio.wait_for(waiting, 10)
+    wire.open = True
+    # Woken, it has messages queued: later events queue behind them, in order.
+    assert sub.deliver(_events(4), None, 1.0) == 0
+    assert [sub.pop()[0] for _ in range(3)] == [2, 3, 4] and wire.writes == []
+    # Without a wire (another server), a waiting stream is never written to directly.
+    plain = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
+    waiting = asyncio.create_task(plain.wait(direct=True))
+    await asyncio.sleep(0)
+    assert not plain.idle and plain.deliver(_events(1), None, 1.0) == 0
+    await asyncio.wait_for(waiting, 10)

@@ -1,7 +1,7 @@
 """The messages of one SSE connection: hello, ``job.sync``, the log from the client's
-position, then the live stream, one message per network write.
+position, then the live stream, one message per HTTP chunk.
 
-One message per write matters to the mobile clients: React Native's XHR on Android hands
+One message per chunk matters to the mobile clients: React Native's XHR on Android hands
 the SDK the body one read at a time (8 KiB, never across an HTTP chunk), and the SDK
 parses each read on its own, so a message split across two reads is lost. Every message is
 therefore its own chunk, and no message is larger than ``max_event_bytes``.
@@ -50,7 +50,8 @@ class StreamPlan:
 
 
 class Delivery:
-    """Produces the connection's messages; each ``yield`` is one network write."""
+    """Produces the connection's messages; each ``yield`` is one HTTP chunk. While it
+    waits for live events, the hub may write them to the connection itself."""
 
     def __init__(
         self, plan: StreamPlan, sub: Subscriber, hub: Hub, engine: Any, metrics: Metrics
@@ -64,7 +65,7 @@ class Delivery:
 
     async def messages(self) -> AsyncIterator[bytes]:
         plan, sub = self.plan, self.sub
-        # The reconnection hint rides on the first message: one write, ignored by parsers
+        # The reconnection hint rides on the first message: one chunk, ignored by parsers
         # that only know event/data/id.
         hello = encode(plan.start, "connected", _json(plan.hello))
         yield f"retry: {plan.retry_ms}\n".encode() + hello
