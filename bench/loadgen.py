@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import sys
 import time
 from collections import Counter
@@ -421,10 +422,17 @@ def main() -> None:
         pass
     result = asyncio.run(MODES[mode](spec))
     # The event loop may leave stdout non-blocking; a multi-megabyte result line written to
-    # a full pipe would then be cut short.
-    os.set_blocking(sys.stdout.fileno(), True)
-    sys.stdout.write("RESULT " + orjson.dumps(result).decode() + "\n")
+    # a full pipe would then be cut short (it was, at 128 KiB, with SSE arrivals): write it
+    # whole, waiting for the pipe whenever it is full.
     sys.stdout.flush()
+    fd = sys.stdout.fileno()
+    os.set_blocking(fd, True)
+    rest = memoryview(b"RESULT " + orjson.dumps(result) + b"\n")
+    while rest:
+        try:
+            rest = rest[os.write(fd, rest) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
 
 
 if __name__ == "__main__":
