@@ -39,8 +39,9 @@ from bench.run import (
     loadgen,
     log,
     postmaster_pid,
+    rss_kb,
 )
-from bench.stats import percentile
+from bench.stats import percentile, slope
 
 
 def _tree_cpu(pid: int | None) -> float:
@@ -124,6 +125,24 @@ def run_once(
     return row
 
 
+def idle_memory(base: str, key: str, pid: int, steps: list[int], tag: str) -> dict[str, Any]:
+    """RSS of a fresh server as idle SSE connections (distinct users) grow: kB/connection."""
+    idle = Interactive("idle", {"base": base, "key": key, "user_prefix": f"idle_{tag}_"})
+    points = []
+    try:
+        for n in steps:
+            idle.send(f"open {n}")
+            opened = int(idle.read_line(120).split()[1])
+            time.sleep(1.0)  # let the server settle its buffers
+            points.append((opened, rss_kb(pid)))
+        idle.send("quit")
+        idle.result(60)
+    finally:
+        idle.kill()
+    k = slope([float(c) for c, _ in points], [float(r) for _, r in points])
+    return {"memory_points": points, "kb_per_connection": None if k is None else round(k, 2)}
+
+
 def print_profile(raw: Path) -> None:
     own, incl = summarize_profile(raw, 25)
     print("server layers:", ", ".join(f"{k} {v:.0%}" for k, v in layer_shares(raw)))
@@ -146,6 +165,7 @@ FIELDS = (
     "server_cores",
     "subscribers_cores",
 )
+MEMORY_STEPS = [0, 500, 1000, 1500, 2000]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,12 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revs", nargs="*", default=None, help="commits to compare")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write rows as JSON here")
+    parser.add_argument(
+        "--memory", action="store_true", help="also RSS per idle connection (fresh server)"
+    )
     args = parser.parse_args(argv)
     from app.realtime.hub import plain_url
     from tests.harness import create_key, provision_database, start_server
 
     revs: list[str | None] = list(args.revs) if args.revs else [None]
     rows: list[dict[str, Any]] = []
+    memory: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="seenn-sse-profile-") as tmp:
         work = Path(tmp)
         roots = {rev: (checkout(rev, work / "src") if rev else ROOT) for rev in revs}
@@ -195,6 +219,16 @@ def main(argv: list[str] | None = None) -> int:
                                 print_profile(raw)
                     finally:
                         server.stop()
+                    if args.memory:
+                        fresh = start_server(url, work / "logs", env=SERVER_ENV, root=roots[rev])
+                        try:
+                            tag = f"{(rev or 'w').replace('/', '_')}{round_no}"
+                            mem = idle_memory(fresh.url, key, fresh.process.pid, MEMORY_STEPS, tag)
+                        finally:
+                            fresh.stop()
+                        mem.update(rev=rev or "worktree", round=round_no, subscribers=0)
+                        memory.append(mem)
+                        log(f"{mem}")
         finally:
             for rev, path in roots.items():
                 if rev:
@@ -214,8 +248,15 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 cells.append(f"{statistics.median(vals):g}" if vals else "-")
             print(f"| {n} | {field} | " + " | ".join(cells) + " |")
+    if memory:
+        cells = []
+        for name in names:
+            vals = [m["kb_per_connection"] for m in memory if m["rev"] == name]
+            vals = [v for v in vals if v is not None]
+            cells.append(f"{statistics.median(vals):g}" if vals else "-")
+        print("| idle | RSS kB per connection | " + " | ".join(cells) + " |")
     if args.out:
-        args.out.write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+        args.out.write_bytes(orjson.dumps(rows + memory, option=orjson.OPT_INDENT_2))
     return 0
 
 
