@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any
 
 import uvicorn
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,7 +25,6 @@ from app.api.deps import KeyCache
 from app.api.errors import install_error_handlers
 from app.api.guards import RequestGuards
 from app.api.ratelimit import limiter_from_settings
-from app.api.routing import OrjsonRoute
 from app.api.schemas import install_openapi, install_swagger_ui
 from app.api.sse_limits import ConnectionLimiter
 from app.dashboard import routes as dashboard
@@ -53,9 +54,21 @@ CORS_RESPONSE_HEADERS = [
 ]
 
 
+# FastAPI's own OpenTelemetry instrumentation, off: this server's signals are its Prometheus
+# metrics and JSON logs, and the check for a configured provider costs every request.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 class SeennApp(FastAPI):
     """FastAPI with the request-id, access-log and metrics middleware outermost: outside
     Starlette's error middleware, so that even a 500 is counted and carries its id."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**_NO_TELEMETRY, **kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
         return ObservabilityMiddleware(
@@ -122,10 +135,10 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     idempotency.install(app)
     install_openapi(app)
     install_swagger_ui(app)
-    api = APIRouter(prefix="/v1", route_class=OrjsonRoute)
+    # Each API module straight under the app: FastAPI matches a request once per level of
+    # included routers (and again to handle it), so one level is half the routing work.
     for module in (jobs, children, transitions, eta, devices, sse, tokens):
-        api.include_router(module.router)
-    app.include_router(api)
+        app.include_router(module.router, prefix="/v1")
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
