@@ -30,7 +30,7 @@ from app.api.sse_limits import ConnectionLimiter
 from app.dashboard import routes as dashboard
 from app.dashboard.feed import DashboardFeed
 from app.db.engine import create_engine
-from app.maintenance import start_sweeper, stop_sweeper
+from app.maintenance import EtaCompactor, start_sweeper, stop_sweeper
 from app.observability import Metrics, ObservabilityMiddleware, RouteTemplates
 from app.push.worker import start_push_worker, stop_push_worker
 from app.realtime.runtime import end_streams, start_realtime, stop_realtime
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         app.state.sse_limiter = ConnectionLimiter(
             settings.sse_max_connections_per_key, settings.sse_max_connections_per_user
         )
+        app.state.eta_compactor = EtaCompactor(app.state.engine)
         sweeper = start_sweeper(app.state.engine, settings)
         pusher = start_push_worker(app.state.engine, settings, app.state.metrics)
         # Everything built at startup lives as long as the process: move it out of the
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         finally:
             await stop_push_worker(pusher)
             await stop_sweeper(sweeper)
+            await app.state.eta_compactor.close()
             await app.state.dashboard_feed.close()
             await stop_realtime(realtime)
             await app.state.engine.dispose()

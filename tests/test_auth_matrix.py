@@ -188,7 +188,10 @@ async def a_state(db: asyncpg.Connection, world: World) -> tuple[Any, ...]:
     """Everything of app A that a foreign or read-only key might try to change."""
     jobs = await db.fetch("SELECT * FROM jobs WHERE app_id = $1 ORDER BY id", world.keys.app_id)
     eta = await db.fetch(
-        "SELECT eta_key, count FROM eta_stats WHERE app_id = $1", world.keys.app_id
+        "SELECT eta_key, count FROM eta_stats WHERE app_id = $1"
+        " UNION ALL SELECT eta_key, count(*) FROM eta_samples WHERE app_id = $1"
+        " GROUP BY eta_key ORDER BY 1, 2",
+        world.keys.app_id,
     )
     return tuple(jobs), tuple(eta), await device_state(db, world)
 

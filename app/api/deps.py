@@ -268,6 +268,8 @@ def _committed(request: Request, service: JobService, body: bytes) -> bytes:
     if service.appended:
         request.app.state.metrics.events_written.inc(service.appended)
     request.app.state.notifier.notify(service.touched_streams)
+    if service.sampled:
+        request.app.state.eta_compactor.poke(service.sampled)
     return body
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
 from app.db.driver import Driver
-from app.db.tables import eta_stats, jobs
+from app.db.tables import eta_samples, eta_stats, jobs
 
 Row = dict[str, Any]
 
@@ -62,7 +62,7 @@ class Staged:
     parent_guard: str | None = None
 
 
-_TABLES = {t.name: t for t in (jobs, eta_stats)}
+_TABLES = {t.name: t for t in (jobs, eta_stats, eta_samples)}
 
 
 # Statements are built once, with named parameters, so every execution hits SQLAlchemy's
@@ -102,13 +102,19 @@ _FIND_CHILD = select(jobs).where(
 # A locked job comes with its ETA key's statistics (LEFT JOIN: none yet), so a progress
 # write needs no separate read of ``eta_stats`` (a parent's key ends in ``#parent``, see
 # ``app.domain.eta``). ``eta_*`` columns are split off the row.
-_WITH_ETA = """
+# The key's completion samples not yet folded into its statistics come along, in order
+# (``eta_pending``): the estimate applies them on top of the stored statistics.
+_ETA_KEY_OF_J = """coalesce(nullif(j.workflow_id, ''), j.job_type)
+                     || CASE WHEN j.total_children IS NULL THEN '' ELSE '#parent' END"""
+_WITH_ETA = f"""
     SELECT j.*, s.count AS eta_count, s.digest AS eta_digest,
-           s.default_duration AS eta_default_duration
+           s.default_duration AS eta_default_duration,
+           (SELECT jsonb_agg(x.sample ORDER BY x.id) FROM eta_samples x
+            WHERE x.app_id = j.app_id AND x.mode = j.mode
+              AND x.eta_key = {_ETA_KEY_OF_J}) AS eta_pending
     FROM jobs j LEFT JOIN eta_stats s
       ON s.app_id = j.app_id AND s.mode = j.mode
-     AND s.eta_key = coalesce(nullif(j.workflow_id, ''), j.job_type)
-                     || CASE WHEN j.total_children IS NULL THEN '' ELSE '#parent' END
+     AND s.eta_key = {_ETA_KEY_OF_J}
 """
 # Declared result columns let SQLAlchemy cache the result metadata with the statement.
 _JOINED = (
@@ -116,6 +122,7 @@ _JOINED = (
     column("eta_count", BigInteger),
     column("eta_digest", JSONB),
     column("eta_default_duration", BigInteger),
+    column("eta_pending", JSONB),
 )
 _LOCK_PLAIN = text(
     _WITH_ETA
@@ -141,7 +148,7 @@ _READ_PLAIN = text(
     + _OWNED.replace(" AND ", " AND j.")
 ).columns(*_JOINED, column("row_version", BigInteger))
 _SHARE_LOCK_OWNED = text("SELECT * FROM jobs WHERE id = :id AND " + _OWNED + " FOR SHARE")
-_ETA_COLUMNS = ("eta_count", "eta_digest", "eta_default_duration")
+_ETA_COLUMNS = ("eta_count", "eta_digest", "eta_default_duration", "eta_pending")
 
 
 def _owned(owner: Owner, job_id: str, now: datetime) -> dict[str, Any]:
@@ -152,10 +159,15 @@ def _owned(owner: Owner, job_id: str, now: datetime) -> dict[str, Any]:
 def _split_eta(row: Any) -> tuple[Row, Row | None]:
     """A joined row as (job, its key's stats or None)."""
     job = dict(row)
-    count, digest, default = (job.pop(c) for c in _ETA_COLUMNS)
-    if count is None:
+    count, digest, default, pending = (job.pop(c) for c in _ETA_COLUMNS)
+    if count is None and pending is None:
         return job, None
-    return job, {"count": count, "digest": digest, "default_duration": default}
+    return job, {
+        "count": count or 0,
+        "digest": digest,
+        "default_duration": default,
+        "pending": pending or [],
+    }
 
 
 # Bumps the user's stream counter (row-locked until commit: the last lock a write takes)
@@ -220,9 +232,10 @@ def _write_statement(shapes: tuple[Shape, ...]) -> TextClause:
                     " FOR SHARE)"
                 )
                 params.append(bindparam(f"c{i}_parent", type_=String))
+            # A child whose slot is taken inserts nothing (see ``UniqueViolation``).
+            skip = " ON CONFLICT (parent_job_id, child_index) DO NOTHING" if name == "jobs" else ""
             ctes.append(
-                f"c{i} AS (INSERT INTO {name} ({', '.join(columns)}) {values}"
-                " ON CONFLICT (parent_job_id, child_index) DO NOTHING RETURNING 1)\n"
+                f"c{i} AS (INSERT INTO {name} ({', '.join(columns)}) {values}{skip} RETURNING 1)\n"
             )
         else:
             sets = ", ".join(f"{c} = :c{i}_{c}" for c in columns)

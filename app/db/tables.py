@@ -116,6 +116,22 @@ eta_stats = Table(
     Column("last_updated", TS, nullable=False),
 )
 
+# A completion's contribution to its key's statistics, appended by the completing write's
+# own statement (no lock on ``eta_stats``). Readers apply the pending samples on top of the
+# stored statistics; a compaction folds them into ``eta_stats`` and deletes them, in one
+# transaction, so each sample counts exactly once.
+eta_samples = Table(
+    "eta_samples",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("app_id", String(100), nullable=False),
+    Column("mode", String(4), nullable=False),
+    Column("eta_key", String(120), nullable=False),
+    Column("sample", JSONB, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Index("ix_eta_samples_key", "app_id", "mode", "eta_key", "id"),
+)
+
 event_streams = Table(
     "event_streams",
     metadata,

@@ -15,6 +15,7 @@ wait*, kept apart and added to the estimate of a job that has not started yet.
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -56,6 +57,7 @@ def _ms(delta: timedelta) -> float:
 def _history(stats: Row | None, given_ms: int | None) -> estimator.History:
     if stats is None:
         return estimator.history_of(0, None, None, given_ms)
+    stats = merged(stats)
     return estimator.history_of(
         int(stats["count"]), stats["digest"], stats["default_duration"], given_ms
     )
@@ -146,48 +148,73 @@ def for_parent(parent: Row, stats: Row | None, changes: Row, now: datetime) -> R
     return {"eta_state": state, **_eta_columns(history, estimate, now)}
 
 
-async def on_complete(
-    repo: Repository,
-    owner: Owner,
-    job: Row,
-    now: datetime,
-    before: Row | None = None,
-    pending: Row | None = None,
-) -> Staged:
-    """Record a completed job's processing time (and profile) in its key's statistics.
+def on_complete(owner: Owner, job: Row, before: Row | None = None) -> Staged:
+    """A completed job's ETA sample: its processing time, wait, profile and the forecasts
+    it was shown, appended for its key without locking the key's statistics (each
+    completion is its own row; readers apply the pending ones, :func:`compact` folds them).
 
     ``before`` is the row as it was before completion, for the last progress milestones.
-    Locks the key's row now; returns its new values, for the write's final statement.
-    ``pending`` is the key's statistics already staged by this write (a second completion
-    of one key in one write): the new values build on them, as one row change.
     """
     previous = before if before is not None else job
     origin = _origin(previous, 1, job["completed_at"])[0]  # never started: from creation
     wait = _ms(origin - job["created_at"])
     duration = round(_ms(job["completed_at"] - origin))
     state = _milestones(previous, 100, origin, job["completed_at"])
+    sample = {"d": duration, "m": state["m"], "w": wait, "f": state.get("f")}
+    values = {
+        "app_id": owner.app_id,
+        "mode": owner.mode,
+        "eta_key": eta_key_of(job),
+        "sample": sample,
+        "created_at": job["completed_at"],
+    }
+    return Staged("eta_samples", {}, values, insert=True)
+
+
+def merged(stats: Row) -> Row:
+    """The key's statistics with its pending samples folded in, in order (a copy: the
+    stored row and its samples are untouched)."""
+    pending = stats.get("pending") or []
+    if not pending:
+        return stats
+    digest = copy.deepcopy(stats.get("digest")) or estimator.empty_digest()
+    count = int(stats.get("count") or 0)
+    total = float(stats.get("sum_duration") or 0.0)
+    low, high = stats.get("min_duration"), stats.get("max_duration")
+    for sample in pending:
+        duration = int(sample["d"])
+        estimator.record(digest, duration, sample.get("m"), float(sample["w"]), sample.get("f"))
+        low = duration if count == 0 or low is None else min(int(low), duration)
+        high = duration if count == 0 or high is None else max(int(high), duration)
+        total += duration
+        count += 1
+    return {
+        **stats,
+        "count": count,
+        "sum_duration": total,
+        "min_duration": low,
+        "max_duration": high,
+        "digest": digest,
+        "pending": [],
+    }
+
+
+async def compact(repo: Repository, owner: Owner, eta_key: str) -> int:
+    """Fold the key's pending samples into its statistics, in the caller's transaction
+    (taken first, so a key with none, or one just reset, gets no row); how many."""
     stats_repo = EtaRepository(repo.conn)
-    key = eta_key_of(job)
-    stats = (
-        pending
-        if pending is not None
-        else await stats_repo.lock(owner, key, estimator.empty_digest(), now)
-    )
-    digest = stats["digest"] or estimator.empty_digest()
-    estimator.record(digest, duration, state["m"], wait, state.get("f"))
-    count = int(stats["count"])
-    return Staged(
-        "eta_stats",
-        {"app_id": owner.app_id, "mode": owner.mode, "eta_key": key},
-        {
-            "count": count + 1,
-            "sum_duration": float(stats["sum_duration"]) + duration,
-            "min_duration": duration if count == 0 else min(stats["min_duration"], duration),
-            "max_duration": duration if count == 0 else max(stats["max_duration"], duration),
-            "digest": digest,
-            "last_updated": now,
-        },
-    )
+    taken = await stats_repo.take_samples(owner, eta_key)
+    if not taken:
+        return 0
+    # A row made here dates from its first sample, as readers of the samples alone see it.
+    first = min(t["created_at"] for t in taken)
+    row = await stats_repo.lock(owner, eta_key, estimator.empty_digest(), first)
+    folded = merged({**row, "pending": [t["sample"] for t in taken]})
+    last = max([row["last_updated"], *(t["created_at"] for t in taken)])
+    values = {c: folded[c] for c in ("count", "sum_duration", "min_duration", "max_duration")}
+    values.update(digest=folded["digest"], last_updated=last)
+    await stats_repo.store(owner, eta_key, values)
+    return len(taken)
 
 
 def _kept(
@@ -223,6 +250,7 @@ def _milestones(job: Row, progress: int, origin: datetime, now: datetime) -> dic
 
 def stats_view(row: Row) -> dict[str, Any]:
     """A key's statistics as the API returns them; absent values are omitted, never null."""
+    row = merged(row)
     count = int(row["count"])
     # The clients type avg/min/max as always-present numbers: a key known only by its
     # default (no completion yet) reports them as 0.

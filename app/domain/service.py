@@ -1,9 +1,11 @@
 """The job service: state machine, parent aggregates and events, in the caller's transaction.
 
-Lock order is always parent before child, then ETA statistics, then the user's event stream
-counter last, so concurrent writers never deadlock. A write locks its rows (each with its ETA
-key's statistics), computes the new rows in Python, and stores them together with their
-events in one statement (:meth:`JobService.flush_events`) just before commit.
+Lock order is always parent before child, then the user's event stream counter last, so
+concurrent writers never deadlock. A write locks its rows (or, optimistically, reads them
+with their versions), computes the new rows in Python, and stores them together with their
+events in one statement (:meth:`JobService.flush_events`) just before commit. A completion
+appends its ETA sample in that statement; no write locks a key's ETA statistics (the
+compaction in ``app.maintenance`` folds the samples into them).
 """
 
 from __future__ import annotations
@@ -78,10 +80,13 @@ class JobService:
     # (stream_id, last_seq) of each stream this write appended to, for the notifier.
     touched_streams: list[tuple[int, int]] = field(default_factory=list)
     appended: int = 0  # events this write appended (counted by the caller once committed)
+    # The ETA keys this write appended completion samples to (compacted after commit).
+    sampled: set[tuple[Owner, str]] = field(default_factory=set)
     # Optimistic: no transaction and no row lock. The job is read with its row version and
     # the whole write is one statement that applies only to that version (WriteConflict
-    # otherwise). Only a progress report on a job that is not a child, with no push, is
-    # written so; any other write raises NeedsLocks before it writes anything.
+    # otherwise). A create, and a progress report, complete, fail or cancel of a job that is
+    # neither a child nor a parent, with no push, are written so; any other write raises
+    # NeedsLocks before it writes anything.
     optimistic: bool = False
     # The job view of each row this write emitted, by job id: rendered once, shared by the
     # event, the idempotency record and the response.
@@ -200,7 +205,6 @@ class JobService:
         return updated
 
     async def complete(self, job_id: str, cmd: CompleteJob) -> Row:
-        self._needs_locks()
         job, _, parent = await self._lock_for_write(job_id)
         changes: Row = {
             "status": COMPLETED,
@@ -214,13 +218,12 @@ class JobService:
         if cmd.message is not None:
             changes["message"] = cmd.message
         updated = await self._write(job, parent, changes, "job.completed")
-        await self._record_completion(updated, job)
+        self._record_completion(updated, job)
         cta = cmd.liveActivity.ctaButton if cmd.liveActivity is not None else None
         await self._queue_pushes(updated, cmd.push, cta)
         return updated
 
     async def fail(self, job_id: str, cmd: FailJob) -> Row:
-        self._needs_locks()
         job, _, parent = await self._lock_for_write(job_id)
         changes: Row = {
             "status": FAILED,
@@ -235,7 +238,6 @@ class JobService:
         return updated
 
     async def cancel(self, job_id: str, cmd: CancelJob) -> Row:
-        self._needs_locks()
         job, _, parent = await self._lock_for_write(job_id, allow_parent=True)
         changes: Row = {
             "status": CANCELLED,
@@ -275,21 +277,10 @@ class JobService:
             self._needs_locks()  # the outbox rows commit with the change: a transaction
             await push.queue_pushes(self.repo, self.owner, job, push.PushRequest(options, cta))
 
-    async def _record_completion(self, job: Row, before: Row) -> None:
-        """Stage the job's completion in its ETA key's statistics.
-
-        A row may change only once in the final statement, so a second completion for the
-        same key in this write (the last child and the parent it completes) builds on the
-        first one's staged values and replaces them.
-        """
-        key = {"app_id": self.owner.app_id, "mode": self.owner.mode, "eta_key": eta.eta_key_of(job)}
-        for i, staged in enumerate(self._staged):
-            if staged.table == "eta_stats" and staged.key == key:
-                self._staged[i] = await eta.on_complete(
-                    self.repo, self.owner, job, self.now, before, pending=staged.values
-                )
-                return
-        self._staged.append(await eta.on_complete(self.repo, self.owner, job, self.now, before))
+    def _record_completion(self, job: Row, before: Row) -> None:
+        """Append the job's completion to its ETA key's samples (no lock on the key)."""
+        self._staged.append(eta.on_complete(self.owner, job, before))
+        self.sampled.add((self.owner, eta.eta_key_of(job)))
 
     async def flush_events(self) -> None:
         """Store the staged job changes and append the collected events, in one statement.
@@ -453,7 +444,7 @@ class JobService:
         if status != parent["status"] and is_terminal(status):
             self._emit(TERMINAL_EVENT[status], updated)
             if status == COMPLETED:
-                await self._record_completion(updated, parent)
+                self._record_completion(updated, parent)
         await self._queue_pushes(updated, None)  # the parent's own Live Activity, if any
 
 
