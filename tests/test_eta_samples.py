@@ -75,3 +75,29 @@ async def test_reset_removes_pending_samples_too(wide_client, db, keys: AppKeys)
         keys.app_id,
     )
     assert left == 0
+
+
+async def test_a_completion_racing_progress_writes_is_sampled_once(
+    wide_client, db, keys: AppKeys
+) -> None:
+    """An optimistic complete that loses a race to a progress write is recomputed: the
+    statement it lost with must leave no sample behind."""
+    for round_no in range(5):
+        key = f"raced-{round_no}"
+        body = {"jobType": key, "userId": "u_samples", "title": "t"}
+        job = (await wide_client.post("/jobs", json=body)).json()
+        writes = [
+            wide_client.post(f"/jobs/{job['id']}/progress", json={"progress": p})
+            for p in range(1, 30)
+        ]
+        writes.insert(10, wide_client.post(f"/jobs/{job['id']}/complete", json={}))
+        responses = await asyncio.gather(*writes)
+        completed = [r for r in responses if r.request.url.path.endswith("/complete")]
+        assert completed[0].status_code == 200, completed[0].text
+        stats = (await wide_client.get(f"/eta/{key}")).json()
+        assert stats["count"] == 1
+        await _compacted(db, keys.app_id, key)
+        stored = await db.fetchval(
+            "SELECT count FROM eta_stats WHERE app_id = $1 AND eta_key = $2", keys.app_id, key
+        )
+        assert stored == 1

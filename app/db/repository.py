@@ -211,10 +211,11 @@ def _write_statement(shapes: tuple[Shape, ...]) -> TextClause:
     The third column counts the rows changed (an insert into a taken slot changes none).
 
     A versioned change (``Staged.version``) applies only to the row version it was computed
-    from, and then the events are appended only if every change applied: otherwise the
-    statement changes nothing and returns no row. Sent outside a transaction, such a
-    statement is a whole write on its own, committed as it ends, with no lock held while
-    the application computes.
+    from, and then the rows inserted after it (an ETA sample) and the events are written
+    only if every change applied: otherwise the statement changes nothing and returns no
+    row (data-modifying CTEs all run, so each insert carries that condition itself). Sent
+    outside a transaction, such a statement is a whole write on its own, committed as it
+    ends, with no lock held while the application computes.
     """
     ctes: list[str] = []
     params: list[BindParameter[Any]] = []
@@ -232,6 +233,11 @@ def _write_statement(shapes: tuple[Shape, ...]) -> TextClause:
                     " FOR SHARE)"
                 )
                 params.append(bindparam(f"c{i}_parent", type_=String))
+            elif name != "jobs" and versioned:
+                # A row that follows the versioned changes before it (an ETA sample): it is
+                # inserted only if they all applied, so a lost race leaves nothing behind.
+                before = " + ".join(f"(SELECT count(*) FROM c{j})" for j in range(i))
+                values = values.replace("VALUES (", "SELECT ", 1)[:-1] + f" WHERE {before} = {i}"
             # A child whose slot is taken inserts nothing (see ``UniqueViolation``).
             skip = " ON CONFLICT (parent_job_id, child_index) DO NOTHING" if name == "jobs" else ""
             ctes.append(
