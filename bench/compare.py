@@ -64,7 +64,8 @@ def measure(
 def batch(base: str, key: str, cpu: CpuMeter, rev: str, round_no: int, n: int) -> dict[str, Any]:
     """createBatch(n): every child POST at once, then every child completed at once."""
     before = cpu.sample()
-    spec = {"base": base, "key": key, "children": n, "user": f"batch_{round_no}_{rev}"}
+    user = f"batch_{round_no}_{rev.split()[0]}_{len(rev)}"
+    spec = {"base": base, "key": key, "children": n, "user": user}
     result = loadgen("batch", spec, timeout=600)
     cost = CpuMeter.per_request(before, cpu.sample(), 2 * n)
     row = {
@@ -80,6 +81,45 @@ def batch(base: str, key: str, cpu: CpuMeter, rev: str, round_no: int, n: int) -
     return row
 
 
+NO_FLUSH = " (synchronous_commit=off)"
+
+
+def no_flush_batch(
+    database_url: str,
+    dsn: str,
+    key: str,
+    work: Path,
+    root: Path,
+    rev: str,
+    round_no: int,
+    n: int,
+    postmaster: int | None,
+) -> dict[str, Any]:
+    """createBatch(n) with commits that do not wait for their WAL flush (an ablation, never
+    a setting to run with): what remains is everything but the flush waits."""
+    import asyncpg
+
+    from tests.harness import start_server
+
+    async def set_flush(on: bool) -> None:
+        conn = await asyncpg.connect(dsn)
+        name = await conn.fetchval("SELECT current_database()")
+        clause = "RESET synchronous_commit" if on else "SET synchronous_commit = off"
+        await conn.execute(f'ALTER DATABASE "{name}" {clause}')
+        await conn.close()
+
+    asyncio.run(set_flush(False))
+    try:
+        server = start_server(database_url, work / "logs", env=SERVER_ENV, root=root)
+        try:
+            cpu = CpuMeter(server.process.pid, postmaster)
+            return batch(server.url, key, cpu, rev + NO_FLUSH, round_no, n)
+        finally:
+            server.stop()
+    finally:
+        asyncio.run(set_flush(True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revs", nargs="+")
@@ -92,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="also run createBatch(N) once per revision and round (0: not)",
+    )
+    parser.add_argument(
+        "--ablate-flush",
+        action="store_true",
+        help="also run createBatch with synchronous_commit=off: how much of its time is "
+        "one user's writes waiting for each other's WAL flush (under the stream row lock)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compare")
     args = parser.parse_args(argv)
@@ -191,13 +237,28 @@ def main(argv: list[str] | None = None) -> int:
                             log(f"{rev} c={c}: {row}")
                     finally:
                         server.stop()
+                    if args.batch and args.ablate_flush:
+                        rows.append(
+                            no_flush_batch(
+                                database_url,
+                                dsn,
+                                key,
+                                work,
+                                checkouts[rev],
+                                rev,
+                                round_no,
+                                args.batch,
+                                postmaster,
+                            )
+                        )
         finally:
             echo_proc.kill()
             for path in checkouts.values():
                 remove_checkout(path)
     (args.out / "compare.json").write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     cs: list[Any] = [*args.concurrency, *(["batch"] if args.batch else [])]
-    write_markdown(rows, args.revs, cs, args.out / "compare.md")
+    revs = [*args.revs, *([r + NO_FLUSH for r in args.revs] if args.ablate_flush else [])]
+    write_markdown(rows, revs, cs, args.out / "compare.md")
     log(f"wrote {args.out}/compare.json and compare.md")
     return 0
 
