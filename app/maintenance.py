@@ -106,14 +106,19 @@ async def compact_all_eta(engine: AsyncEngine, batch: int = 500) -> int:
     return folded
 
 
+# How long a key's first new sample waits for others before they are folded together.
+COMPACTION_DELAY = 0.1
+
+
 class EtaCompactor:
     """Compacts the ETA keys a write appended completion samples to, soon after it commits:
     at most one task per key in this process (a sample written meanwhile is taken by that
     task's next fold). Readers count pending samples, so compaction only bounds their work.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, delay: float = COMPACTION_DELAY) -> None:
         self.engine = engine
+        self.delay = delay
         self._tasks: dict[tuple[Owner, str], asyncio.Task[None]] = {}
 
     def poke(self, keys: set[tuple[Owner, str]]) -> None:
@@ -128,6 +133,9 @@ class EtaCompactor:
 
     async def _run(self, owner: Owner, eta_key: str) -> None:
         try:
+            # Completions of a busy key come in bursts: let them gather, then fold them
+            # in one transaction rather than one each.
+            await asyncio.sleep(self.delay)
             await compact_eta(self.engine, owner, eta_key)
         except Exception as exc:  # the samples stay; the next fold or the sweeper takes them
             log.warning("ETA compaction failed: %s: %s", exc.__class__.__name__, exc)

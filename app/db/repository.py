@@ -124,24 +124,18 @@ _JOINED = (
     column("eta_default_duration", BigInteger),
     column("eta_pending", JSONB),
 )
-_LOCK_PLAIN = text(
-    _WITH_ETA
-    + "WHERE j.id = :id AND j.parent_job_id IS NULL AND j."
-    + _OWNED.replace(" AND ", " AND j.")
-    + " FOR UPDATE OF j"
-).columns(*_JOINED)
-# A live child and its live parent in one statement, locked parent first (rows are locked
-# in the order of ORDER BY): the parent row comes first, the child (``j.id = :id``) last.
+# A live job, and its live parent if it is a child, in one statement, locked parent first
+# (rows are locked in the order of ORDER BY): the parent comes first, the job
+# (``j.id = :id``) last. A job that is not a child has no parent row (``IN`` ignores NULL).
 _LOCK_FAMILY = text(
     _WITH_ETA
-    + "WHERE j.id IN (SELECT c.id FROM jobs c WHERE c.id = :id AND c.parent_job_id IS NOT NULL"
-    + " AND c."
+    + "WHERE j.id IN (SELECT c.id FROM jobs c WHERE c.id = :id AND c."
     + _OWNED.replace(" AND ", " AND c.")
     + " UNION ALL SELECT c.parent_job_id FROM jobs c WHERE c.id = :id AND c."
     + _OWNED.replace(" AND ", " AND c.")
     + ") AND j.expires_at > :now ORDER BY j.id = :id FOR UPDATE OF j"
 ).columns(*_JOINED)
-# The same as _LOCK_PLAIN without the lock, with the row's version (its xmin) instead.
+# A job that is not a child, unlocked, with the row's version (its xmin).
 _READ_PLAIN = text(
     _WITH_ETA.replace("SELECT j.*,", "SELECT j.*, j.xmin::text::bigint AS row_version,")
     + "WHERE j.id = :id AND j.parent_job_id IS NULL AND j."
@@ -296,35 +290,28 @@ class Repository:
         params = _owned(owner, job_id, now)
         return await self.driver.fetchrow(_GET_JOB, params)
 
-    async def lock_plain_job(
-        self, owner: Owner, job_id: str, now: datetime
-    ) -> tuple[Row, Row | None] | None:
-        """Lock the job if it is not a child (children lock their parent first).
-
-        Returns ``(job, stats of its ETA key or None)``.
-        """
-        params = _owned(owner, job_id, now)
-        row = await self.driver.fetchrow(_LOCK_PLAIN, params)
-        return _split_eta(row) if row else None
-
     async def read_plain_job(
         self, owner: Owner, job_id: str, now: datetime
     ) -> tuple[Row, Row | None] | None:
-        """:meth:`lock_plain_job` without the lock: the job carries ``row_version``, for a
-        versioned change (``Staged.version``)."""
+        """A job that is not a child, unlocked, with its ETA key's statistics: the job
+        carries ``row_version``, for a versioned change (``Staged.version``)."""
         params = _owned(owner, job_id, now)
         row = await self.driver.fetchrow(_READ_PLAIN, params)
         return _split_eta(row) if row else None
 
     async def lock_family(
-        self, owner: Owner, child_id: str, now: datetime
-    ) -> tuple[tuple[Row, Row | None], tuple[Row, Row | None]] | None:
-        """Lock a live child's live parent, then the child, in one statement (one round trip
-        while the parent is locked instead of two): ``((parent, stats), (child, stats))``."""
-        rows = await self.driver.fetch(_LOCK_FAMILY, _owned(owner, child_id, now))
-        if len(rows) != 2 or rows[1]["id"] != child_id:
+        self, owner: Owner, job_id: str, now: datetime
+    ) -> tuple[tuple[Row, Row | None], tuple[Row, Row | None] | None] | None:
+        """Lock a live job, and first its parent if it is a child (the parent live too), in
+        one statement: ``((job, stats), (parent, stats) or None)``; None if not found."""
+        rows = await self.driver.fetch(_LOCK_FAMILY, _owned(owner, job_id, now))
+        if not rows or rows[-1]["id"] != job_id:
             return None
-        return _split_eta(rows[0]), _split_eta(rows[1])
+        if rows[-1]["parent_job_id"] is None:
+            return _split_eta(rows[-1]), None
+        if len(rows) != 2:
+            return None  # a child whose parent is gone is as gone as the parent
+        return _split_eta(rows[1]), _split_eta(rows[0])
 
     async def share_lock_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
         """Share-lock a live job (a parent taking a new child: a cancel cannot miss it)."""

@@ -384,12 +384,10 @@ class JobService:
             if locked is None or locked[0]["total_children"] is not None:
                 raise NeedsLocks()  # a child, a parent, or no such job: the locked path decides
         else:
-            locked = await self.repo.lock_plain_job(self.owner, job_id, self.now)
-        if locked is None:
             family = await self.repo.lock_family(self.owner, job_id, self.now)
             if family is None:
                 raise JobNotFound(job_id)
-            parent, locked = family
+            locked, parent = family
         job, stats = locked
         if is_terminal(job["status"]):
             raise InvalidJobState(
