@@ -51,6 +51,8 @@ class Sizes:
     sse_duration: float = 4.0
     fanout_subscribers: int = 100
     memory_steps: list[int] = field(default_factory=lambda: [0, 500, 1000, 1500, 2000])
+    eta_history: int = 25  # completions of the learned type before its progress writes
+    eta_rounds: int = 4  # alternating cold/learned rounds per concurrency (ABBA order)
 
 
 QUICK = Sizes(
@@ -66,6 +68,8 @@ QUICK = Sizes(
     sse_duration=0.6,
     fanout_subscribers=5,
     memory_steps=[0, 20, 40],
+    eta_history=6,
+    eta_rounds=1,
 )
 
 SERVER_ENV = {
@@ -314,6 +318,29 @@ def create_jobs(base: str, key: str, users: list[str], per_user: int) -> list[st
     return asyncio.run(_post_all(base, key, bodies))
 
 
+def create_typed(base: str, key: str, job_type: str, users: list[str]) -> list[str]:
+    """One job of ``job_type`` per user; returns their ids."""
+    bodies = [{"jobType": job_type, "userId": u, "title": "bench"} for u in users]
+    return asyncio.run(_post_all(base, key, bodies))
+
+
+async def _teach(base: str, key: str, ids: list[str]) -> None:
+    """Run each job through 0, 25, 50 and 75 % to completion, one after another, so its
+    type has completions with progress profiles (a fitted ETA model)."""
+    conn = Connection(base, {"Authorization": f"Bearer {key}"})
+    try:
+        for job in ids:
+            for p in (0, 25, 50, 75):
+                resp = await conn.request("POST", f"/v1/jobs/{job}/progress", {"progress": p})
+                if resp.status != 200:
+                    raise RuntimeError(f"teach progress failed: {resp.status}")
+            resp = await conn.request("POST", f"/v1/jobs/{job}/complete", {})
+            if resp.status != 200:
+                raise RuntimeError(f"teach complete failed: {resp.status}")
+    finally:
+        conn.close()
+
+
 def create_family(base: str, key: str, user: str, children: int) -> list[str]:
     """A parent with ``children`` children; returns the child ids."""
     parent = asyncio.run(
@@ -499,6 +526,57 @@ class Bench:
             rows.append(r)
             log(f"complete c={c}: {r['throughput']}/s p50 {r['p50_ms']} ms errors {r['errors']}")
         self.results["scenarios"]["complete"] = rows
+
+    def eta(self) -> None:
+        """Progress writes on a type with history against a cold type's, in the same run.
+
+        The learned type first gets ``eta_history`` completions with progress profiles, so
+        each of its progress writes reads the key's statistics and blends the model's four
+        forecasts; the cold type has no statistics row. Rounds alternate, so
+        drift in the machine's load hits both alike (ABBA); the ratio is learned / cold.
+        """
+        s = self.sizes
+        taught = create_typed(
+            self.base, self.key, "bench-learned", [f"eta{i}" for i in range(s.eta_history)]
+        )
+        asyncio.run(_teach(self.base, self.key, taught))
+        rows = []
+        for c in s.concurrencies:
+            users = [f"etal{c}_{i}" for i in range(c * 2)]
+            learned = create_typed(self.base, self.key, "bench-learned", users)
+            cold = create_typed(self.base, self.key, f"bench-cold-{c}", users)
+            runs: dict[str, list[dict[str, Any]]] = {"cold": [], "learned": []}
+            for i in range(s.eta_rounds):  # ABBA order: neither side always goes first
+                order = ("cold", "learned") if i % 2 == 0 else ("learned", "cold")
+                for name in order:
+                    runs[name].append(
+                        self.http("progress", c, ids=cold if name == "cold" else learned)
+                    )
+            row: dict[str, Any] = {"concurrency": c}
+            for name, got in runs.items():
+                total = sum(r["total_requests"] for r in got)
+                row[name] = {
+                    "throughput": round(sum(r["throughput"] for r in got) / len(got), 1),
+                    "p50_ms": round(sum(r["p50_ms"] for r in got) / len(got), 3),
+                    "server_cpu_ms": _weighted(got, "server_cpu_ms", total),
+                    "postgres_cpu_ms": _weighted(got, "postgres_cpu_ms", total),
+                    "errors": sum(r["errors"] for r in got),
+                    "requests": total,
+                }
+            row["throughput_ratio"] = _ratio(
+                row["learned"]["throughput"], row["cold"]["throughput"]
+            )
+            row["server_cpu_ratio"] = _ratio(
+                row["learned"]["server_cpu_ms"], row["cold"]["server_cpu_ms"]
+            )
+            rows.append(row)
+            log(
+                f"eta c={c}: learned {row['learned']['throughput']}/s vs cold"
+                f" {row['cold']['throughput']}/s (ratio {row['throughput_ratio']}), server CPU"
+                f" {row['learned']['server_cpu_ms']} vs {row['cold']['server_cpu_ms']} ms"
+                f" (ratio {row['server_cpu_ratio']})"
+            )
+        self.results["scenarios"]["eta_progress"] = {"history": s.eta_history, "rows": rows}
 
     def children(self) -> None:
         s = self.sizes
@@ -727,6 +805,19 @@ class Bench:
         log(f"SSE memory: {points}, slope {k} kB/connection")
 
 
+def _weighted(runs: list[dict[str, Any]], name: str, total: int) -> float | None:
+    """A per-request figure over several runs, weighted by each run's requests."""
+    known = [(r[name], r["total_requests"]) for r in runs if r.get(name) is not None]
+    weight = sum(n for _, n in known)
+    if not known or not weight or not total:
+        return None
+    return round(sum(v * n for v, n in known) / weight, 4)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 3)
 
@@ -822,6 +913,17 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "< 2 s, 0 errors",
                 b["complete_seconds"] < 2 and b.get("complete_errors") == 0,
             )
+    for row in sc.get("eta_progress", {}).get("rows", []):
+        add(
+            f"progress on a learned ETA type / a cold type, concurrency {row['concurrency']}:"
+            " throughput, server CPU per write",
+            f"{row['throughput_ratio']}, {row['server_cpu_ratio']}",
+            "no measurable drop (throughput >= 0.95, CPU <= 1.05)",
+            row["throughput_ratio"] is not None
+            and row["server_cpu_ratio"] is not None
+            and row["throughput_ratio"] >= 0.95
+            and row["server_cpu_ratio"] <= 1.05,
+        )
     if "workers" in sc:
         w = sc["workers"]
         add(
@@ -933,6 +1035,28 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"{b.get('complete_seconds', 0):.2f} s, statuses {b.get('complete_statuses')}, "
             f"parent {b.get('parent_status_after')}.",
         ]
+    if "eta_progress" in sc:
+        e = sc["eta_progress"]
+        lines += [
+            "",
+            "## Progress on a type with ETA history",
+            "",
+            f"Progress writes on a type with {e['history']} completions (profiles, scores: the"
+            " full ETA model runs on each write) and on a type without statistics, in"
+            " alternating rounds of the same run; figures are the mean over the rounds.",
+            "",
+            "| concurrency | cold req/s | learned req/s | ratio | cold server CPU ms "
+            "| learned server CPU ms | ratio | cold PG CPU ms | learned PG CPU ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in e["rows"]:
+            cold, learned = r["cold"], r["learned"]
+            lines.append(
+                f"| {r['concurrency']} | {cold['throughput']:.0f} | {learned['throughput']:.0f} "
+                f"| {r['throughput_ratio']} | {cold['server_cpu_ms']} "
+                f"| {learned['server_cpu_ms']} | {r['server_cpu_ratio']} "
+                f"| {cold['postgres_cpu_ms']} | {learned['postgres_cpu_ms']} |"
+            )
     if "workers" in sc:
         w = sc["workers"]
         lines += [
@@ -1122,7 +1246,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         nargs="*",
         default=None,
-        help="subset: limits api children batch workers sse fanout memory",
+        help="subset: limits api eta children batch workers sse fanout memory",
     )
     parser.add_argument(
         "--concurrencies", type=int, nargs="*", default=None, help="override the sizes'"
@@ -1157,6 +1281,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.only or [
             "limits",
             "api",
+            "eta",
             "children",
             "batch",
             "workers",
@@ -1178,6 +1303,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.limits()  # every ratio needs them
             if "api" in steps or "sse" in steps or "fanout" in steps:
                 bench.api()
+            if "eta" in steps:
+                attempt("eta", bench.eta)
             if "children" in steps:
                 attempt("children", bench.children)
             if "batch" in steps:

@@ -191,6 +191,31 @@ def test_a_multi_modal_type_follows_the_jobs_own_size_early():
     assert _left(history, 12, 2_400) == pytest.approx(_left(history, 10, 2_000) - 400, rel=0.1)
 
 
+def test_a_noisy_early_pace_is_shrunk_towards_jobs_that_ran_alike():
+    # Two sizes again, but the share of a job's time spent reaching 10 % varies (±35 %):
+    # at 10 % the plain rule extrapolates that noise, the jobs that ran alike do not.
+    rng = random.Random(11)
+
+    def noisy() -> Shape:
+        early = 0.1 * math.exp(rng.gauss(0, 0.35))
+        return lambda p: early * p / 0.1 if p <= 0.1 else early + (1 - early) * (p - 0.1) / 0.9
+
+    digest = est.empty_digest()
+    for _ in range(40):
+        _learn(digest, rng.choice((20_000, 120_000)) * math.exp(rng.gauss(0, 0.1)), noisy())
+    history = _history(digest)
+    # A small job (about 20 s) that was slow to reach 10 %: 3 s. The rule says 27 s left.
+    estimate = est.remaining(history, 10, 3_000)
+    assert estimate is not None and estimate.forecasts is not None
+    assert math.exp(estimate.forecasts["peers"]) == pytest.approx(18_000, rel=0.1)
+    assert 18_000 < estimate.remaining_ms < 0.92 * est.plain_remaining(10, 3_000)
+    # A large job (about 120 s) that was slow: 16 s at 10 %. The rule says 144 s left.
+    assert 108_000 < _left(history, 10, 16_000) < 0.9 * est.plain_remaining(10, 16_000)
+    # The completions measured it: at 10 % the peers' error is below the rule's.
+    model = history.model
+    assert model is not None and model.mse(10, "peers") < model.mse(10, "rate")
+
+
 def test_a_learned_slow_start_profile_corrects_the_pace():
     # Every job spends half its time reaching 10 %, then runs evenly.
     def slow(p: float) -> float:
@@ -305,3 +330,27 @@ def test_a_completion_scores_the_forecasts_its_job_was_shown():
     assert after["hit"][1] == before["hit"][1] + 1
     assert after["shape"] == before["shape"]  # not shown: not scored
     assert digest["s"]["20"] == _digest_of([60_000] * 6)["s"]["20"]  # junk ignored
+
+
+# --- cost: a key's fitted model is reused until its next completion ----------------------
+
+
+def test_the_fitted_model_is_reused_until_the_key_learns_again():
+    digest = _digest_of([60_000 * (1 + i % 3 / 10) for i in range(12)])
+    first = _history(digest).model
+    assert first is not None and _history(json.loads(json.dumps(digest))).model is first
+    before = _left(_history(digest), 40, 20_000)
+    after_start = _left(_history(digest), 0, 0)
+    # The same statistics without a version (as stored before versions): same estimate.
+    unversioned = {k: v for k, v in digest.items() if k != "t"}
+    uncached = _history(unversioned).model
+    assert uncached is not None and uncached is not first
+    assert _left(_history(unversioned), 40, 20_000) == pytest.approx(before, rel=1e-12)
+    # A completion renews the version: the next write fits the model again and sees it.
+    version = digest["t"]
+    for _ in range(20):
+        _learn(digest, 240_000)
+    assert digest["t"] != version
+    assert _history(digest).model is not first
+    assert _left(_history(digest), 0, 0) == pytest.approx(240_000, rel=0.01)
+    assert _left(_history(digest), 0, 0) > 3 * after_start

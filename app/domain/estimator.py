@@ -15,7 +15,9 @@ State per ETA key (the ``eta_stats.digest`` jsonb), all of fixed maximum size:
   blended estimate landed within ``TOLERANCE`` of the truth. A job keeps the forecasts it
   was shown (``jobs.eta_state.f``, made before it completed: prequential scoring), and its
   completion scores them: the blend weights and the confidence;
-- ``w``: the moving mean queue wait (creation to processing start) in ms.
+- ``w``: the moving mean queue wait (creation to processing start) in ms;
+- ``t``: a random version, renewed by every completion: each server process keeps the
+  model fitted to a version (``_MODELS``), so a progress write does not redo that work.
 
 Per job (``jobs.eta_state``) we keep the elapsed milliseconds at which each decile was
 first reached (``m``), so a completion can teach the key its profile, and the forecasts made
@@ -24,7 +26,10 @@ at the first update of each band (``f``), so it can score them.
 
 from __future__ import annotations
 
+import copy
 import math
+import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +43,7 @@ HISTORY_MIN = 5  # completions needed before history is trusted (CONTRACT.md, "u
 FULL_CONFIDENCE = 50  # /v1/eta's sample-size confidence: min(count / 50, 1)
 RESERVOIR = 20  # job profiles kept per key (the most recent ones)
 TOLERANCE = 0.2  # etaConfidence: probability of landing within ±20 % of the remaining time
-CANDIDATES = ("rate", "shape", "analog", "history")
+CANDIDATES = ("rate", "shape", "analog", "peers", "history")
 # Weight of the newest sample in the moving statistics once a key has this many samples:
 # 1/n (a plain average) until then, so early history is not dominated by one job.
 _EW_WINDOW = 10
@@ -48,7 +53,8 @@ _PRIOR_MSE = 0.25  # squared log-error assumed for an unscored forecast (one pse
 _MSE_FLOOR = 0.0025  # never trust one forecast completely (5 % in log terms)
 _SHARPNESS = 1.0  # blend weights ∝ mse ** -_SHARPNESS: inverse-MSE (Bates and Granger)
 _BANDWIDTH = 0.9  # Silverman's factor for the analog kernel's bandwidth
-_PRIOR_HITS = 2.0  # pseudo-observations at 50 % behind the confidence
+_PRIOR_HITS = 2.0
+# pseudo-observations at 50 % behind the confidence
 
 # Assumed uncertainties for a cold key (variances of log-duration): a caller's
 # estimatedDuration is a guess (about +-50 %), and the plain rate rule's extrapolation
@@ -163,6 +169,7 @@ def record(
     reservoir: list[list[int]] = digest.setdefault("r", [])
     reservoir.append(_profile(duration_ms, milestones))
     del reservoir[:-RESERVOIR]
+    digest["t"] = secrets.randbits(62)  # a new version: fitted models of the old one expire
 
 
 def _score(digest: dict[str, Any], duration_ms: int, forecasts: dict[str, Any]) -> None:
@@ -238,17 +245,19 @@ def milestones_after(
 # --- the learned model -------------------------------------------------------------------
 
 
-def _kernel_mean(distances: list[float], values: list[float]) -> float:
-    """Nadaraya-Watson: ``values`` weighted by a Gaussian kernel on ``distances`` from 0,
-    with Silverman's rule-of-thumb bandwidth (0.9 σ n^-1/5)."""
-    n = len(distances)
-    mean = sum(distances) / n
-    spread = math.sqrt(max(sum(d * d for d in distances) / n - mean * mean, 0.0))
-    scale = -0.5 / max(0.05, _BANDWIDTH * spread * n**-0.2) ** 2
-    exponents = [scale * d * d for d in distances]
-    top = max(exponents)
-    weights = [math.exp(x - top) for x in exponents]
-    return sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+@dataclass(frozen=True)
+class _Point:
+    """What a key's profiles and scores say at one progress value, whatever the elapsed
+    time: computed once per key version and progress, then reused by every write."""
+
+    rate: float  # log((100 - p) / p)
+    lefts: tuple[float, ...]  # per profile: log((1 - share) / share), time left per elapsed
+    outcomes: tuple[float, ...]  # per profile: log of the time that job had left at p
+    anchors: tuple[float, ...]  # per profile: log of the time that job had run at p
+    scale: float  # the kernel's exponent factor, -1 / (2 h²)
+    shape: float  # mean of ``lefts``
+    weights: dict[str, float]  # blend weight (1 / measured error) of each forecast at p
+    confidence: float
 
 
 @dataclass
@@ -257,6 +266,48 @@ class Model:
 
     profiles: list[list[int]]
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _points: dict[float, _Point] = field(default_factory=dict, repr=False, compare=False)
+
+    def _point(self, progress: float) -> _Point:
+        point = self._points.get(progress)
+        if point is None:
+            point = self._compute(progress)
+            if len(self._points) <= 100:  # the API's integer progress values
+                self._points[progress] = point
+        return point
+
+    def _compute(self, progress: float) -> _Point:
+        lefts, outcomes, anchors = [], [], []
+        # Each past job's share of its duration elapsed at ``progress``: linear between its
+        # deciles (per-mille), 0 at 0 %, 1 at 100 %.
+        position = progress / 10
+        low = int(position)
+        within = position - low
+        log, floor = math.log, _MIN_FRACTION
+        for profile in self.profiles:
+            start = 0 if low == 0 else profile[low]
+            end = 1000 if low >= 9 else profile[low + 1]
+            share = (start + within * (end - start)) / 1000
+            share = floor if share < floor else 1.0 - floor if share > 1.0 - floor else share
+            log_share, log_duration = log(share), log(profile[0])
+            lefts.append(log(1.0 - share) - log_share)
+            outcomes.append(log_duration + log(1.0 - share))
+            anchors.append(log_duration + log_share)
+        n = len(anchors)
+        mean = sum(anchors) / n
+        spread = math.sqrt(max(sum(a * a for a in anchors) / n - mean * mean, 0.0))
+        bandwidth = max(0.05, _BANDWIDTH * spread * n**-0.2)  # Silverman's rule of thumb
+        weights = {name: self.mse(progress, name) ** -_SHARPNESS for name in CANDIDATES}
+        return _Point(
+            rate=log((100 - progress) / progress) if 0 < progress < 100 else 0.0,
+            lefts=tuple(lefts),
+            outcomes=tuple(outcomes),
+            anchors=tuple(anchors),
+            scale=-0.5 / bandwidth**2,
+            shape=sum(lefts) / n,
+            weights=weights,
+            confidence=self._confidence(progress),
+        )
 
     def candidates(self, progress: float, elapsed_ms: float) -> dict[str, float]:
         """Log remaining milliseconds by each forecast that applies.
@@ -266,6 +317,8 @@ class Model:
           ``p`` scales the elapsed time (a slow start or a long tail is expected);
         - ``analog``: the same, weighted by a kernel on how close each past job's time at
           ``p`` is to this job's (jobs of this job's size, in a multi-modal key);
+        - ``peers``: what those same nearby jobs really had left at ``p`` (the job's own
+          pace, shrunk towards the outcomes of jobs that ran like it);
         - ``history``: the mean residual life: past durations longer than the elapsed
           time, minus it (ignores progress; the only forecast before progress).
         """
@@ -273,29 +326,20 @@ class Model:
         survivors = [math.log(p[0] - elapsed_ms) for p in self.profiles if p[0] > elapsed_ms]
         if survivors:
             out["history"] = sum(survivors) / len(survivors)
-        if progress <= 0 or elapsed_ms <= 0:
+        if progress <= 0 or elapsed_ms <= 0 or progress >= 100:
             return out
+        point = self._point(progress)
         log_elapsed = math.log(elapsed_ms)
-        out["rate"] = log_elapsed + math.log((100 - progress) / progress)
-        lefts, distances = [], []
-        # Each past job's share of its duration elapsed at ``progress``: linear between its
-        # deciles (per-mille), 0 at 0 %, 1 at 100 %. Runs on every write of a learned key.
-        position = progress / 10
-        low = int(position)
-        within = position - low
-        log, floor = math.log, _MIN_FRACTION
-        for profile in self.profiles:
-            start = 0 if low == 0 else profile[low]
-            end = 1000 if low == 9 else profile[low + 1]
-            share = (start + within * (end - start)) / 1000
-            share = floor if share < floor else 1.0 - floor if share > 1.0 - floor else share
-            log_share = log(share)
-            # Time left per unit elapsed, by this job's profile: (1 - share) / share.
-            lefts.append(log_elapsed + log(1.0 - share) - log_share)
-            # How much slower (> 0) this job is than that job was at this progress.
-            distances.append(log_elapsed - log_share - log(profile[0]))
-        out["shape"] = sum(lefts) / len(lefts)
-        out["analog"] = _kernel_mean(distances, lefts)
+        out["rate"] = log_elapsed + point.rate
+        out["shape"] = log_elapsed + point.shape
+        # Nadaraya-Watson: past jobs weighted by how close their time at this progress is
+        # to this job's (a Gaussian kernel on the log ratio). Runs on every write.
+        exponents = [point.scale * (log_elapsed - a) ** 2 for a in point.anchors]
+        top = max(exponents)
+        kernel = [math.exp(x - top) for x in exponents]
+        total = sum(kernel)
+        out["analog"] = log_elapsed + sum(map(float.__mul__, kernel, point.lefts)) / total
+        out["peers"] = sum(map(float.__mul__, kernel, point.outcomes)) / total
         return out
 
     def _at(self, progress: float, name: str) -> tuple[float, float]:
@@ -320,16 +364,41 @@ class Model:
 
     def blend(self, progress: float, forecasts: dict[str, float]) -> float:
         """The forecasts combined with weights ∝ 1 / their measured error at ``progress``."""
-        weights = {name: self.mse(progress, name) ** -_SHARPNESS for name in forecasts}
-        total = math.fsum(weights.values())
+        weights = self._point(progress).weights
+        total = math.fsum(weights[name] for name in forecasts)
         return math.fsum(weights[name] * value for name, value in forecasts.items()) / total
 
     def confidence(self, progress: float) -> float:
         """The share of recent estimates at ``progress`` that landed within the tolerance,
         shrunk towards 1/2 by ``_PRIOR_HITS`` pseudo-observations."""
+        return self._point(progress).confidence
+
+    def _confidence(self, progress: float) -> float:
         rate, n = self._at(progress, "hit")
         n = min(n, _ERR_WINDOW)
         return (rate * n + 0.5 * _PRIOR_HITS) / (n + _PRIOR_HITS)
+
+
+# Fitted models by digest version (``t``, renewed by every ``record``), per process: the
+# profiles' shares, kernel bandwidths, blend weights and confidence at each progress are
+# computed once per completion of the key instead of on every progress write.
+_MODELS: OrderedDict[int, Model] = OrderedDict()
+_MODELS_KEPT = 256
+
+
+def _model_of(digest: dict[str, Any]) -> Model:
+    version = digest.get("t")
+    if not isinstance(version, int):
+        return Model([list(p) for p in digest["r"]], digest.get("s") or {})
+    model = _MODELS.get(version)
+    if model is None:
+        model = Model([list(p) for p in digest["r"]], copy.deepcopy(digest.get("s") or {}))
+        _MODELS[version] = model
+        if len(_MODELS) > _MODELS_KEPT:
+            _MODELS.popitem(last=False)
+    else:
+        _MODELS.move_to_end(version)
+    return model
 
 
 # --- the estimate ----------------------------------------------------------------------
@@ -352,7 +421,7 @@ def history_of(
 ) -> History:
     """The prior for a job: learned profiles from 5 completions, else the given/default guess."""
     profiles = (digest or {}).get("r") or []
-    model = Model(profiles, (digest or {}).get("s") or {}) if len(profiles) >= 2 else None
+    model = _model_of(digest) if digest is not None and len(profiles) >= 2 else None
     if model is not None and count >= HISTORY_MIN and len(profiles) >= HISTORY_MIN:
         assert digest is not None
         wait = digest.get("w") or [0.0, 0]
