@@ -386,6 +386,19 @@ def summarise(tallies: dict[str, Tally]) -> dict[str, Any]:
         ),
         default=(0.0, "", 0),
     )
+    # Per checkpoint, the family where we do worst against the plain rule (README's row).
+    worst_at = {}
+    for c in CHECKPOINTS:
+        name = max(
+            (n for n in tallies if cells[n][c]["ours"] is not None),
+            key=lambda n: cells[n][c]["ours"] - cells[n][c]["plain"],
+        )
+        worst_at[c] = {
+            "family": name,
+            "ours": cells[name][c]["ours"],
+            "plain": cells[name][c]["plain"],
+            "points_worse": round(cells[name][c]["ours"] - cells[name][c]["plain"], 1),
+        }
     per_family_worst = {
         name: max(
             (
@@ -436,6 +449,7 @@ def summarise(tallies: dict[str, Tally]) -> dict[str, Any]:
     return {
         "mape_percent": cells,
         "worst_cell": {"points_worse": round(worst[0], 1), "family": worst[1], "at": worst[2]},
+        "worst_per_checkpoint": worst_at,
         "worst_per_family": {
             k: {"points_worse": round(v[0], 1), "at": v[1]} for k, v in per_family_worst.items()
         },
@@ -482,6 +496,15 @@ def _mape_table(summary: dict[str, Any], names: list[str]) -> list[str]:
             w = summary["worst_per_family"][name]
             tail = f"{w['points_worse']:+.1f} at {w['at']} %"
         lines.append(f"| {label} | " + " | ".join(row) + f" | {tail} |")
+    at = summary["worst_per_checkpoint"]
+    lines.append(
+        "| worst cell vs plain | "
+        + " | ".join(
+            f"{at[c]['family']} {at[c]['ours']} / {at[c]['plain']} ({at[c]['points_worse']:+.1f})"
+            for c in CHECKPOINTS
+        )
+        + " | |"
+    )
     overall = summary["overall"]
     lines += [
         "",
