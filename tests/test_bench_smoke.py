@@ -57,6 +57,15 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     for row in children:
         _check_row(row)
 
+    eta = scenarios["eta_progress"]
+    assert eta["history"] == results["sizes"]["eta_history"]
+    assert [r["concurrency"] for r in eta["rows"]] == results["sizes"]["concurrencies"]
+    for row in eta["rows"]:
+        for side in ("cold", "learned"):
+            assert row[side]["requests"] > 0 and row[side]["errors"] == 0, row
+            assert _is_number(row[side]["throughput"]), row
+        assert _is_number(row["throughput_ratio"]), row
+
     batch = scenarios["create_batch"]
     assert batch["errors"] == 0, batch
     assert batch["statuses"] == {"201": results["sizes"]["batch_children"]}
@@ -79,6 +88,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     markdown = (out / "results.md").read_text()
     assert markdown.startswith("# Benchmark results")
     assert "## Targets" in markdown and "## API scenarios" in markdown
+    assert "## Progress on a type with ETA history" in markdown
     assert results["plots"]
     for name in results["plots"]:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name

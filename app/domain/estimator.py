@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import secrets
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +54,7 @@ _PRIOR_MSE = 0.25  # squared log-error assumed for an unscored forecast (one pse
 _MSE_FLOOR = 0.0025  # never trust one forecast completely (5 % in log terms)
 _SHARPNESS = 1.0  # blend weights ∝ mse ** -_SHARPNESS: inverse-MSE (Bates and Granger)
 _BANDWIDTH = 0.9  # Silverman's factor for the analog kernel's bandwidth
-_PRIOR_HITS = 2.0
-# pseudo-observations at 50 % behind the confidence
+_PRIOR_HITS = 2.0  # pseudo-observations at 50 % behind the confidence
 
 # Assumed uncertainties for a cold key (variances of log-duration): a caller's
 # estimatedDuration is a guess (about +-50 %), and the plain rate rule's extrapolation
@@ -245,15 +245,15 @@ def milestones_after(
 # --- the learned model -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Point:
     """What a key's profiles and scores say at one progress value, whatever the elapsed
     time: computed once per key version and progress, then reused by every write."""
 
     rate: float  # log((100 - p) / p)
-    lefts: tuple[float, ...]  # per profile: log((1 - share) / share), time left per elapsed
-    outcomes: tuple[float, ...]  # per profile: log of the time that job had left at p
-    anchors: tuple[float, ...]  # per profile: log of the time that job had run at p
+    lefts: array[float]  # per profile: log((1 - share) / share), time left per elapsed
+    outcomes: array[float]  # per profile: log of the time that job had left at p
+    anchors: array[float]  # per profile: log of the time that job had run at p
     scale: float  # the kernel's exponent factor, -1 / (2 h²)
     shape: float  # mean of ``lefts``
     weights: dict[str, float]  # blend weight (1 / measured error) of each forecast at p
@@ -280,13 +280,13 @@ class Model:
         lefts, outcomes, anchors = [], [], []
         # Each past job's share of its duration elapsed at ``progress``: linear between its
         # deciles (per-mille), 0 at 0 %, 1 at 100 %.
-        position = progress / 10
-        low = int(position)
+        position = min(max(progress, 0.0), 100.0) / 10
+        low = min(int(position), 9)
         within = position - low
         log, floor = math.log, _MIN_FRACTION
         for profile in self.profiles:
             start = 0 if low == 0 else profile[low]
-            end = 1000 if low >= 9 else profile[low + 1]
+            end = 1000 if low == 9 else profile[low + 1]
             share = (start + within * (end - start)) / 1000
             share = floor if share < floor else 1.0 - floor if share > 1.0 - floor else share
             log_share, log_duration = log(share), log(profile[0])
@@ -300,9 +300,9 @@ class Model:
         weights = {name: self.mse(progress, name) ** -_SHARPNESS for name in CANDIDATES}
         return _Point(
             rate=log((100 - progress) / progress) if 0 < progress < 100 else 0.0,
-            lefts=tuple(lefts),
-            outcomes=tuple(outcomes),
-            anchors=tuple(anchors),
+            lefts=array("d", lefts),
+            outcomes=array("d", outcomes),
+            anchors=array("d", anchors),
             scale=-0.5 / bandwidth**2,
             shape=sum(lefts) / n,
             weights=weights,
@@ -383,7 +383,7 @@ class Model:
 # profiles' shares, kernel bandwidths, blend weights and confidence at each progress are
 # computed once per completion of the key instead of on every progress write.
 _MODELS: OrderedDict[int, Model] = OrderedDict()
-_MODELS_KEPT = 256
+_MODELS_KEPT = 64  # each at most about 130 KB (101 progress values × 20 profiles)
 
 
 def _model_of(digest: dict[str, Any]) -> Model:
