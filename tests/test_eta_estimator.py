@@ -346,6 +346,15 @@ def test_the_fitted_model_is_reused_until_the_key_learns_again():
     uncached = _history(unversioned).model
     assert uncached is not None and uncached is not first
     assert _left(_history(unversioned), 40, 20_000) == pytest.approx(before, rel=1e-12)
+    # Two readers folding the same pending completion into the stored statistics (whose
+    # keys PostgreSQL may hand back in another order) reach one version, one model.
+    stored = json.loads(json.dumps(digest))
+    reordered = json.loads(json.dumps(digest))
+    reordered["s"] = dict(reversed(list(reordered["s"].items())))
+    for copy in (stored, reordered):
+        est.record(copy, 65_000, _marks(65_000), 0.0, None)
+    assert stored["t"] == reordered["t"] != digest["t"]
+    assert _history(stored).model is _history(reordered).model
     # A completion renews the version: the next write fits the model again and sees it.
     version = digest["t"]
     for _ in range(20):

@@ -16,8 +16,9 @@ State per ETA key (the ``eta_stats.digest`` jsonb), all of fixed maximum size:
   was shown (``jobs.eta_state.f``, made before it completed: prequential scoring), and its
   completion scores them: the blend weights and the confidence;
 - ``w``: the moving mean queue wait (creation to processing start) in ms;
-- ``t``: a random version, renewed by every completion: each server process keeps the
-  model fitted to a version (``_MODELS``), so a progress write does not redo that work.
+- ``t``: a version, a hash of ``r`` and ``s`` renewed by every completion: each server
+  process keeps the model fitted to a version (``_MODELS``), so a progress write does not
+  redo that work.
 
 Per job (``jobs.eta_state``) we keep the elapsed milliseconds at which each decile was
 first reached (``m``), so a completion can teach the key its profile, and the forecasts made
@@ -27,8 +28,9 @@ at the first update of each band (``f``), so it can score them.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
-import secrets
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -169,7 +171,14 @@ def record(
     reservoir: list[list[int]] = digest.setdefault("r", [])
     reservoir.append(_profile(duration_ms, milestones))
     del reservoir[:-RESERVOIR]
-    digest["t"] = secrets.randbits(62)  # a new version: fitted models of the old one expire
+    digest["t"] = _version(digest)  # a new version: fitted models of the old one expire
+
+
+def _version(digest: dict[str, Any]) -> int:
+    """A 62-bit hash of what a model is fitted on (profiles and scores): readers that fold
+    the same pending samples, and the compaction that stores them, get the same version."""
+    content = json.dumps([digest.get("r"), digest.get("s")], sort_keys=True, separators=(",", ":"))
+    return int.from_bytes(hashlib.blake2b(content.encode(), digest_size=8).digest()) >> 2
 
 
 def _score(digest: dict[str, Any], duration_ms: int, forecasts: dict[str, Any]) -> None:
@@ -379,7 +388,7 @@ class Model:
         return (rate * n + 0.5 * _PRIOR_HITS) / (n + _PRIOR_HITS)
 
 
-# Fitted models by digest version (``t``, renewed by every ``record``), per process: the
+# Fitted models by digest version (``t``, set by every ``record``), per process: the
 # profiles' shares, kernel bandwidths, blend weights and confidence at each progress are
 # computed once per completion of the key instead of on every progress write.
 _MODELS: OrderedDict[int, Model] = OrderedDict()
