@@ -16,9 +16,9 @@ State per ETA key (the ``eta_stats.digest`` jsonb), all of fixed maximum size:
   was shown (``jobs.eta_state.f``, made before it completed: prequential scoring), and its
   completion scores them: the blend weights and the confidence;
 - ``w``: the moving mean queue wait (creation to processing start) in ms;
-- ``t``: a version, a hash of ``r`` and ``s`` renewed by every completion: each server
-  process keeps the model fitted to a version (``_MODELS``), so a progress write does not
-  redo that work.
+- ``t``: a version, renewed by every completion (a hash of the previous version and the
+  job): each server process keeps the model fitted to a version (``_MODELS``), so a
+  progress write does not redo that work.
 
 Per job (``jobs.eta_state``) we keep the elapsed milliseconds at which each decile was
 first reached (``m``), so a completion can teach the key its profile, and the forecasts made
@@ -157,6 +157,9 @@ def record(
             digest.pop(old, None)
         kept = ("h", "n", "lm", "lv")
         digest.update({k: v for k, v in empty_digest().items() if k not in kept})
+    base = digest.get("t")
+    if not isinstance(base, int):  # no version yet: one from the content itself
+        base = _hash([digest.get("r"), digest.get("s")])
     _score(digest, duration_ms, forecasts or {})
     log_duration = math.log(duration_ms)
     hist: dict[str, int] = digest.setdefault("h", {})
@@ -171,13 +174,15 @@ def record(
     reservoir: list[list[int]] = digest.setdefault("r", [])
     reservoir.append(_profile(duration_ms, milestones))
     del reservoir[:-RESERVOIR]
-    digest["t"] = _version(digest)  # a new version: fitted models of the old one expire
+    # A new version, fitted models of the old one expire. Profiles and scores are a function
+    # of the old ones and this job, so this chain identifies them: readers that fold the same
+    # pending samples, and the compaction that stores them, reach the same version.
+    digest["t"] = _hash([base, duration_ms, milestones, round(wait_ms, 3), forecasts])
 
 
-def _version(digest: dict[str, Any]) -> int:
-    """A 62-bit hash of what a model is fitted on (profiles and scores): readers that fold
-    the same pending samples, and the compaction that stores them, get the same version."""
-    content = json.dumps([digest.get("r"), digest.get("s")], sort_keys=True, separators=(",", ":"))
+def _hash(value: Any) -> int:
+    """A 62-bit hash of a JSON value (key order ignored)."""
+    content = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return int.from_bytes(hashlib.blake2b(content.encode(), digest_size=8).digest()) >> 2
 
 
