@@ -11,7 +11,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,14 +27,14 @@ from app.api.guards import RequestGuards
 from app.api.ratelimit import limiter_from_settings
 from app.api.schemas import install_openapi, install_swagger_ui
 from app.api.sse_limits import ConnectionLimiter
+from app.background import start_background
 from app.dashboard import routes as dashboard
 from app.dashboard.feed import DashboardFeed
 from app.db.engine import create_engine
-from app.maintenance import EtaCompactor, start_sweeper, stop_sweeper
 from app.observability import Metrics, ObservabilityMiddleware, RouteTemplates
-from app.push.worker import start_push_worker, stop_push_worker
 from app.realtime.runtime import end_streams, start_realtime, stop_realtime
 from app.settings import Settings, get_settings
+from app.state import AppState
 
 log = logging.getLogger("seenn.server")
 # What a browser client may send, and read back, across origins.
@@ -67,8 +67,11 @@ class SeennApp(FastAPI):
     """FastAPI with the request-id, access-log and metrics middleware outermost: outside
     Starlette's error middleware, so that even a 500 is counted and carries its id."""
 
+    state: AppState
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**_NO_TELEMETRY, **kwargs)
+        self.state = AppState()
 
     def build_middleware_stack(self) -> ASGIApp:
         return ObservabilityMiddleware(
@@ -81,7 +84,7 @@ class SeennApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, database_url: str | None = None) -> SeennApp:
     """Build the app. ``database_url`` overrides the settings' URL (embedded server)."""
     settings = settings or get_settings()
     url = database_url or settings.database_url
@@ -90,26 +93,24 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings
-        app.state.draining = False
-        app.state.engine = create_engine(url, settings)
-        app.state.metrics.watch_engine(app.state.engine)
-        app.state.key_cache = KeyCache(settings.auth_cache_seconds)
-        app.state.signing_keys = tokens.SigningKeys(app.state.engine, settings)
-        realtime = start_realtime(app.state.engine, url, settings, app.state.metrics)
-        app.state.realtime = realtime
-        app.state.hub = realtime.hub
-        app.state.notifier = realtime.notifier
-        app.state.dashboard_feed = DashboardFeed(
+        state = cast(AppState, app.state)
+        state.settings = settings
+        state.draining = False
+        state.engine = engine = create_engine(url, settings)
+        state.metrics.watch_engine(engine)
+        state.key_cache = KeyCache(settings.auth_cache_seconds)
+        state.signing_keys = tokens.SigningKeys(engine, settings)
+        state.realtime = realtime = start_realtime(engine, url, settings, state.metrics)
+        state.hub = realtime.hub
+        state.notifier = realtime.notifier
+        state.dashboard_feed = DashboardFeed(
             realtime.hub, settings.sse_poll_interval_seconds, settings.sse_client_buffer
         )
-        app.state.rate_limiter = limiter_from_settings(settings)
-        app.state.sse_limiter = ConnectionLimiter(
+        state.rate_limiter = limiter_from_settings(settings)
+        state.sse_limiter = ConnectionLimiter(
             settings.sse_max_connections_per_key, settings.sse_max_connections_per_user
         )
-        app.state.eta_compactor = EtaCompactor(app.state.engine)
-        sweeper = start_sweeper(app.state.engine, settings)
-        pusher = start_push_worker(app.state.engine, settings, app.state.metrics)
+        state.background = start_background(engine, settings, state.metrics)
         # Everything built at startup lives as long as the process: move it out of the
         # collector's sight, so collections under load walk only per-request objects.
         gc.collect()
@@ -117,12 +118,10 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         try:
             yield
         finally:
-            await stop_push_worker(pusher)
-            await stop_sweeper(sweeper)
-            await app.state.eta_compactor.close()
-            await app.state.dashboard_feed.close()
+            await state.background.stop()
+            await state.dashboard_feed.close()
             await stop_realtime(realtime)
-            await app.state.engine.dispose()
+            await engine.dispose()
 
     app = SeennApp(
         title="seenn-server",
@@ -166,7 +165,7 @@ class DrainingServer(uvicorn.Server):
     ``connection.idle`` after ``shutdown_delay_seconds``, then uvicorn stops accepting and
     waits up to ``graceful_shutdown_seconds`` for the requests in flight."""
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI, delay: float) -> None:
+    def __init__(self, config: uvicorn.Config, app: SeennApp, delay: float) -> None:
         super().__init__(config)
         self.app = app
         self.delay = delay

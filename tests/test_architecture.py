@@ -48,6 +48,7 @@ ALLOWED_ROOMS = {
     "domain": {"db"},
     "realtime": {"db", "domain", "observability", "settings"},
     "push": {"db", "observability", "settings"},
+    "background": {"db", "domain", "observability", "push", "settings"},
 }
 
 

@@ -379,8 +379,8 @@ async def test_max_lifetime_and_shutdown_send_connection_idle(database_url, work
 
 
 async def test_pruner_deletes_old_events_in_batches(database_url, keys, client, db) -> None:
+    from app.background.event_pruner import prune_once
     from app.db.engine import create_engine
-    from app.realtime.retention import prune_once
     from app.settings import Settings
 
     job = await create_job(client, userId="u_prune")

@@ -10,8 +10,8 @@ import asyncpg
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.background.sweeper import SWEEP_GRACE, sweep_once
 from app.db.engine import create_engine
-from app.maintenance import SWEEP_GRACE, sweep_once
 from app.settings import Settings
 from tests.conftest import AppKeys
 from tests.harness import running_server

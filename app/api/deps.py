@@ -19,6 +19,7 @@ from app.domain import tokens
 from app.domain.errors import Forbidden, JobNotFound, NotFound, Unauthorized
 from app.domain.keys import KEY_RE, Principal, hash_key
 from app.domain.service import JobService, NeedsLocks, WriteConflict
+from app.state import app_state
 
 T = TypeVar("T")
 _ATTEMPTS = 3
@@ -69,10 +70,10 @@ async def principal_for_key(request: Request, key: str) -> Principal:
             return await principal_for_token(request, key)
         raise Unauthorized("Invalid API key")
     digest = hash_key(key)
-    cache: KeyCache = request.app.state.key_cache
+    cache: KeyCache = app_state(request).key_cache
     hit, principal = cache.get(digest)
     if not hit:
-        async with request.app.state.engine.connect() as conn:
+        async with app_state(request).engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             row = await auth_repository.find_key(conn, digest)
         principal = None
@@ -89,14 +90,14 @@ async def principal_for_key(request: Request, key: str) -> Principal:
             "one per user with POST /v1/tokens (secret key)"
         )
     # In memory, no round trip; the decision also feeds the X-RateLimit-* headers.
-    ratelimit.enforce(request.state, request.app.state.rate_limiter, budget_of(request, principal))
+    ratelimit.enforce(request.state, app_state(request).rate_limiter, budget_of(request, principal))
     return principal
 
 
 async def principal_for_token(request: Request, token: str) -> Principal:
     """A subscriber token's scope, once its signature (by a known key) and expiry check."""
     try:
-        secret = await request.app.state.signing_keys.secret_for(tokens.key_id(token))
+        secret = await app_state(request).signing_keys.secret_for(tokens.key_id(token))
         if secret is None:
             raise tokens.TokenInvalid("Invalid token")
         claims = tokens.verify(token, secret)
@@ -112,7 +113,7 @@ async def principal_for_token(request: Request, token: str) -> Principal:
         job_ids=frozenset(claims.job_ids) if claims.job_ids is not None else None,
         expires_at=float(claims.expires_at),
     )
-    ratelimit.enforce(request.state, request.app.state.rate_limiter, principal.key_id)
+    ratelimit.enforce(request.state, app_state(request).rate_limiter, principal.key_id)
     return principal
 
 
@@ -184,7 +185,7 @@ async def read(
     """
     for attempt in range(2):
         try:
-            async with request.app.state.engine.connect() as conn:
+            async with app_state(request).engine.connect() as conn:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return await action(JobService(Repository(conn), owner_of(principal)))
         except DBAPIError as exc:
@@ -244,7 +245,7 @@ async def _write(
     for attempt in range(_ATTEMPTS):
         committing = False
         try:
-            async with request.app.state.engine.begin() as conn:
+            async with app_state(request).engine.begin() as conn:
                 service = JobService(Repository(conn), owner_of(principal))
                 if idem is not None:
                     await idem.claim(conn, service.owner, service.now)
@@ -266,10 +267,10 @@ async def _write(
 def _committed(request: Request, service: JobService, body: bytes) -> bytes:
     """Count the write's events and announce them, once it has committed."""
     if service.appended:
-        request.app.state.metrics.events_written.inc(service.appended)
-    request.app.state.notifier.notify(service.touched_streams)
+        app_state(request).metrics.events_written.inc(service.appended)
+    app_state(request).notifier.notify(service.touched_streams)
     if service.sampled:
-        request.app.state.eta_compactor.poke(service.sampled)
+        app_state(request).background.eta_compactor.poke(service.sampled)
     return body
 
 
@@ -291,7 +292,7 @@ async def _write_unlocked(
     for _ in range(_OPTIMISTIC_ATTEMPTS):
         flushing = False
         try:
-            async with request.app.state.engine.connect() as conn:
+            async with app_state(request).engine.connect() as conn:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 service = JobService(Repository(conn), owner_of(principal), optimistic=True)
                 result = await action(service)

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.responses import ORJSONResponse, error_response
 from app.db.migrate import current_revision, head_revision
+from app.state import app_state
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -36,11 +37,11 @@ def _not_ready(reason: str, cause: str = "") -> ORJSONResponse:
 @router.get("/readyz")
 async def readyz(request: Request) -> ORJSONResponse:
     """Ready to take traffic: not draining, database reachable, schema at the latest migration."""
-    if getattr(request.app.state, "draining", False):
+    if getattr(app_state(request), "draining", False):
         return _not_ready("shutting down")
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            async with request.app.state.engine.connect() as conn:
+            async with app_state(request).engine.connect() as conn:
                 revision = await current_revision(conn)
     except Exception as error:  # any failure to reach or read the database means not ready
         return _not_ready("database unreachable", error.__class__.__name__)
@@ -52,4 +53,4 @@ async def readyz(request: Request) -> ORJSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """This process's metrics in the Prometheus text format."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(app_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

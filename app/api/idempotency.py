@@ -23,6 +23,7 @@ from starlette.responses import Response
 from app.db.idempotency_repository import IdempotencyRepository, StoredResponse
 from app.db.repository import Owner
 from app.domain.errors import IdempotencyKeyInUse, IdempotencyKeyReused, ValidationFailed
+from app.state import app_state
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -108,7 +109,7 @@ async def from_request(request: Request) -> IdempotentRequest | None:
         raise ValidationFailed(f"{HEADER} must be 1 to 255 printable ASCII characters", HEADER)
     # The body was parsed by the route already, so it is valid JSON (or empty).
     digest = request_hash(request.method, request.url.path, await request.body())
-    hours = request.app.state.settings.idempotency_retention_hours
+    hours = app_state(request).settings.idempotency_retention_hours
     return IdempotentRequest(key, digest, timedelta(hours=hours))
 
 

@@ -26,6 +26,7 @@ from app.domain.keys import Principal
 from app.observability import Metrics
 from app.realtime.hub import Hub, Subscriber, frame
 from app.realtime.stream import Delivery, StreamPlan
+from app.state import app_state
 
 log = logging.getLogger("seenn.realtime")
 router = APIRouter(tags=["realtime"])
@@ -98,7 +99,7 @@ async def sse(request: Request) -> EventSourceResponse:
     _require_scope(principal, user_id, job_id)
     last_id = _last_event_id(request)
     owner = owner_of(principal)
-    state = request.app.state
+    state = app_state(request)
     settings = state.settings
     hub: Hub = state.hub
     metrics: Metrics = state.metrics

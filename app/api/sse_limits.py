@@ -10,6 +10,7 @@ from fastapi import Request
 from app.api.ratelimit import RETRY_AFTER_KEY
 from app.domain.errors import RateLimited
 from app.domain.keys import Principal
+from app.state import app_state
 
 SSE_RETRY_AFTER_SECONDS = 5
 REPLACED = "replaced"  # the connection.idle reason of a stream closed for a newer one
@@ -109,7 +110,7 @@ def acquire_sse_slot(request: Request, principal: Principal, user_id: str | None
     Call it before returning the stream (a 429 cannot be sent once the stream started),
     and release the slot when the stream ends.
     """
-    limiter: ConnectionLimiter = request.app.state.sse_limiter
+    limiter: ConnectionLimiter = app_state(request).sse_limiter
     slot = limiter.acquire(principal.key_id, user_id)
     if slot is None:
         setattr(request.state, RETRY_AFTER_KEY, SSE_RETRY_AFTER_SECONDS)

@@ -19,6 +19,7 @@ from app.domain.commands import ULID_RE, UserId
 from app.domain.errors import ValidationFailed
 from app.domain.keys import Principal
 from app.settings import Settings
+from app.state import app_state
 
 router = APIRouter(tags=["tokens"], route_class=OrjsonRoute)
 MAX_JOB_IDS = 100
@@ -92,13 +93,13 @@ async def mint_token(
     principal: Annotated[Principal, Depends(authenticate_writer)],
 ) -> Any:
     """Mint a subscriber token (secret key only) for the app to read one user's jobs."""
-    settings: Settings = request.app.state.settings
+    settings: Settings = app_state(request).settings
     limit = settings.token_lifetime_seconds
     lifetime = body.expiresIn if body.expiresIn is not None else limit
     if lifetime > limit:
         raise ValidationFailed(f"expiresIn must be at most {limit} seconds", "expiresIn", max=limit)
     job_ids = list(dict.fromkeys(body.jobIds)) if body.jobIds is not None else None
-    kid, secret = await request.app.state.signing_keys.current()
+    kid, secret = await app_state(request).signing_keys.current()
 
     async def mint(_: Any) -> dict[str, Any]:
         token, claims = tokens.mint(

@@ -25,6 +25,7 @@ from app.db.dashboard_repository import DashboardRepository
 from app.domain.clock import now_ms
 from app.domain.errors import Forbidden
 from app.domain.keys import Principal
+from app.state import app_state
 
 COOKIE = "seenn_dashboard"
 COOKIE_PATH = "/dashboard"
@@ -46,7 +47,7 @@ class Session:
 @asynccontextmanager
 async def reading(request: Request) -> AsyncIterator[AsyncConnection]:
     """A pooled connection in autocommit, for reads (no BEGIN/ROLLBACK round trips)."""
-    async with request.app.state.engine.connect() as conn:
+    async with app_state(request).engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
 
@@ -59,8 +60,8 @@ async def start_session(request: Request, response: Response, principal: Princip
     """Create a session for ``principal`` and set its cookie on ``response``."""
     token = secrets.token_urlsafe(32)
     now = now_ms()
-    hours = request.app.state.settings.dashboard_session_hours
-    async with request.app.state.engine.begin() as conn:
+    hours = app_state(request).settings.dashboard_session_hours
+    async with app_state(request).engine.begin() as conn:
         repo = DashboardRepository(conn)
         await repo.delete_expired_sessions(now)
         await repo.create_session(
@@ -102,7 +103,7 @@ async def current_session(request: Request) -> Session | None:
 async def end_session(request: Request, response: Response) -> None:
     token = request.cookies.get(COOKIE)
     if token:
-        async with request.app.state.engine.begin() as conn:
+        async with app_state(request).engine.begin() as conn:
             await DashboardRepository(conn).delete_session(_digest(token))
     response.delete_cookie(COOKIE, path=COOKIE_PATH)
 

@@ -32,6 +32,7 @@ from app.domain.errors import DomainError, Forbidden, NotFound, Unauthorized, Va
 from app.domain.service import JobService
 from app.domain.views import child_summary, event_view, iso, job_view
 from app.realtime.hub import encode
+from app.state import app_state
 
 router = APIRouter(include_in_schema=False)
 HERE = Path(__file__).parent
@@ -288,7 +289,7 @@ async def job_page(job_id: str, request: Request) -> Response:
             events = await DashboardRepository(conn).job_events(owner, job_id, HISTORY_LIMIT)
     except DomainError as exc:
         return _error(request, session, exc)
-    retention = request.app.state.settings.event_retention_hours
+    retention = app_state(request).settings.event_retention_hours
     return _page(
         request,
         "job.html",
@@ -325,7 +326,7 @@ async def eta_page(request: Request) -> Response:
     async with auth.reading(request) as conn:
         stats = await eta.list_stats(Repository(conn), owner)
         accuracy = await DashboardRepository(conn).eta_accuracy(owner)
-    retention = request.app.state.settings.event_retention_hours
+    retention = app_state(request).settings.event_retention_hours
     return _page(
         request,
         "eta.html",
@@ -389,7 +390,7 @@ async def reset_eta(request: Request) -> Response:
 @router.post("/dashboard/keys/{key_id}/revoke")
 async def revoke_key(key_id: str, request: Request) -> Response:
     async def act(session: Session, _form: dict[str, str]) -> Response:
-        async with request.app.state.engine.begin() as conn:
+        async with app_state(request).engine.begin() as conn:
             done = await KeysRepository(conn).revoke_owned(_owner(session), key_id, now_ms())
         if not done:
             raise NotFound("No such active key of this app and mode", {"id": key_id[:40]})
@@ -421,7 +422,7 @@ async def events(request: Request) -> Response:
     # was reconnecting) are sent too, so the list misses none.
     after = request.query_params.get("after") or None
     after = after if after is not None and ULID_RE.fullmatch(after) else None
-    state = request.app.state
+    state = app_state(request)
     feed: DashboardFeed = state.dashboard_feed
     settings = state.settings
     watcher = await feed.subscribe(owner)

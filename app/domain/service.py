@@ -5,7 +5,7 @@ concurrent writers never deadlock. A write locks its rows (or, optimistically, r
 with their versions), computes the new rows in Python, and stores them together with their
 events in one statement (:meth:`JobService.flush_events`) just before commit. A completion
 appends its ETA sample in that statement; no write locks a key's ETA statistics (the
-compaction in ``app.maintenance`` folds the samples into them).
+compaction in ``app.background.eta_compaction`` folds the samples into them).
 """
 
 from __future__ import annotations

@@ -157,32 +157,36 @@ class PushWorker:
             yield PushRepository(conn)
 
 
-@dataclass
-class RunningWorker:
-    worker: PushWorker
-    task: asyncio.Task[None]
+class PushDelivery:
+    """This replica's push worker as a background task (``start()``, ``await stop()``)."""
 
+    def __init__(self, engine: AsyncEngine, settings: Settings, metrics: Metrics) -> None:
+        config = ApnsConfig.from_settings(settings)
+        self.worker = PushWorker(
+            engine, settings, metrics, ApnsClient(config) if config is not None else None
+        )
+        self.task: asyncio.Task[None] | None = None
 
-def start_push_worker(engine: AsyncEngine, settings: Settings, metrics: Metrics) -> RunningWorker:
-    """Start the worker; without APNs settings it only marks due pushes skipped."""
-    config = ApnsConfig.from_settings(settings)
-    client = ApnsClient(config) if config is not None else None
-    if client is None:
-        log.info("%s (SEENN_APNS_* unset): devices are stored, pushes are skipped", NOT_CONFIGURED)
-    else:
-        log.info("push delivery to %s for %s", client.config.url, client.config.bundle_id)
-    worker = PushWorker(engine, settings, metrics, client)
-    return RunningWorker(worker, asyncio.create_task(worker.run(), name="seenn-push-worker"))
+    def start(self) -> None:
+        """Start the worker; without APNs settings it only marks due pushes skipped."""
+        client = self.worker.client
+        if client is None:
+            log.info(
+                "%s (SEENN_APNS_* unset): devices are stored, pushes are skipped", NOT_CONFIGURED
+            )
+        else:
+            log.info("push delivery to %s for %s", client.config.url, client.config.bundle_id)
+        self.task = asyncio.create_task(self.worker.run(), name="seenn-push-worker")
 
-
-async def stop_push_worker(running: RunningWorker) -> None:
-    """Let the batch in hand finish (its outcomes recorded), then stop."""
-    await running.worker.stop()
-    try:
-        await asyncio.wait_for(asyncio.shield(running.task), _STOP_GRACE_SECONDS)
-    except TimeoutError:
-        running.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running.task
-    if running.worker.client is not None:
-        await running.worker.client.aclose()
+    async def stop(self) -> None:
+        """Let the batch in hand finish (its outcomes recorded), then stop."""
+        await self.worker.stop()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), _STOP_GRACE_SECONDS)
+            except TimeoutError:
+                self.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.task
+        if self.worker.client is not None:
+            await self.worker.client.aclose()

@@ -1,14 +1,12 @@
-"""Starts and stops this process's realtime machinery (hub, listener, notifier, pruner)."""
+"""Starts and stops this process's realtime machinery (hub, listener, notifier)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from app.observability import Metrics
 from app.realtime.hub import Hub, PgNotifier
-from app.realtime.retention import start_pruner, stop_pruner
 from app.settings import Settings
 
 
@@ -16,7 +14,6 @@ from app.settings import Settings
 class Realtime:
     hub: Hub
     notifier: PgNotifier
-    pruner: asyncio.Task[None]
 
 
 def start_realtime(engine: Any, url: str, settings: Settings, metrics: Metrics) -> Realtime:
@@ -32,8 +29,7 @@ def start_realtime(engine: Any, url: str, settings: Settings, metrics: Metrics) 
     hub.events_delivered = metrics.events_delivered
     hub.start()
     notifier = PgNotifier(engine, hub)
-    pruner = start_pruner(engine, settings.event_retention_hours)
-    return Realtime(hub, notifier, pruner)
+    return Realtime(hub, notifier)
 
 
 def end_streams(rt: Realtime) -> None:
@@ -45,5 +41,4 @@ def end_streams(rt: Realtime) -> None:
 async def stop_realtime(rt: Realtime) -> None:
     end_streams(rt)
     await rt.notifier.close()
-    await stop_pruner(rt.pruner)
     await rt.hub.stop()
