@@ -31,6 +31,8 @@ from app.background import start_background
 from app.dashboard import routes as dashboard
 from app.dashboard.feed import DashboardFeed
 from app.db.engine import create_engine
+from app.domain.tokens import SigningKeys
+from app.domain.unit_of_work import AfterCommit, UnitOfWork
 from app.observability import Metrics, ObservabilityMiddleware, RouteTemplates
 from app.realtime.runtime import end_streams, start_realtime, stop_realtime
 from app.settings import Settings, get_settings
@@ -99,7 +101,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         state.engine = engine = create_engine(url, settings)
         state.metrics.watch_engine(engine)
         state.key_cache = KeyCache(settings.auth_cache_seconds)
-        state.signing_keys = tokens.SigningKeys(engine, settings)
+        state.signing_keys = SigningKeys(
+            engine, settings.auth_cache_seconds, settings.token_lifetime_seconds
+        )
         state.realtime = realtime = start_realtime(engine, url, settings, state.metrics)
         state.hub = realtime.hub
         state.notifier = realtime.notifier
@@ -111,6 +115,12 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             settings.sse_max_connections_per_key, settings.sse_max_connections_per_user
         )
         state.background = start_background(engine, settings, state.metrics)
+        state.unit_of_work = UnitOfWork(
+            engine,
+            AfterCommit(
+                state.metrics.events_written, realtime.notifier, state.background.eta_compactor
+            ),
+        )
         # Everything built at startup lives as long as the process: move it out of the
         # collector's sight, so collections under load walk only per-request objects.
         gc.collect()

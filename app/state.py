@@ -14,9 +14,10 @@ if TYPE_CHECKING:
     from app.api.deps import KeyCache
     from app.api.ratelimit import RateLimiter
     from app.api.sse_limits import ConnectionLimiter
-    from app.api.tokens import SigningKeys
     from app.background import Background
     from app.dashboard.feed import DashboardFeed
+    from app.domain.tokens import SigningKeys
+    from app.domain.unit_of_work import UnitOfWork
     from app.observability import Metrics
     from app.realtime.hub import Hub, PgNotifier
     from app.realtime.runtime import Realtime
@@ -42,6 +43,7 @@ class AppState(State):
     rate_limiter: RateLimiter | None
     sse_limiter: ConnectionLimiter
     background: Background
+    unit_of_work: UnitOfWork
 
 
 def app_state(conn: HTTPConnection) -> AppState:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from app.api.deps import read, require_job
-from app.api.jobs import JobIdPath, Reader
+from app.api.deps import Reader, require_job
+from app.api.jobs import JobIdPath
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
 from app.api.schemas import ERRORS, WithChildrenOut
@@ -17,11 +17,11 @@ router = APIRouter(tags=["jobs"], route_class=OrjsonRoute)
 
 
 @router.get("/jobs/{job_id}/children", response_model=WithChildrenOut, responses=ERRORS)
-async def get_with_children(job_id: JobIdPath, request: Request, principal: Reader) -> Any:
+async def get_with_children(job_id: JobIdPath, ops: Reader) -> Any:
     """The parent job and every child created so far, ordered by ``childIndex``."""
-    if principal.is_token:  # out of the token's scope reads as missing, parent or not
-        require_job(principal, await read(request, principal, lambda s: s.get(job_id)))
-    parent, children = await read(request, principal, lambda s: s.with_children(job_id))
+    if ops.principal.is_token:  # out of the token's scope reads as missing, parent or not
+        require_job(ops.principal, await ops.job(job_id))
+    parent, children = await ops.with_children(job_id)
     return ORJSONResponse(
         {"parent": job_view(parent), "children": [child_summary(c) for c in children]}
     )

@@ -1,29 +1,20 @@
-"""Request plumbing shared by the routers: authentication and the unit of work."""
+"""Request plumbing shared by the routers: authentication, and the caller's operations
+(:class:`~app.domain.operations.Operations`) as typed dependencies: ``Reader``, ``Writer``."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any
 
-import orjson
-from fastapi import Request
-from sqlalchemy.exc import DBAPIError
+from fastapi import Depends, Request
 from starlette.responses import Response
 
 from app.api import idempotency, ratelimit
-from app.db import auth_repository
-from app.db.failures import is_retryable, stale_connection
-from app.db.repository import Owner, Repository, Row
 from app.domain import tokens
 from app.domain.errors import Forbidden, JobNotFound, NotFound, Unauthorized
-from app.domain.keys import KEY_RE, Principal, hash_key
-from app.domain.service import JobService, NeedsLocks, WriteConflict
+from app.domain.keys import KEY_RE, Principal, find_principal, hash_key
+from app.domain.operations import Operations
 from app.state import app_state
-
-T = TypeVar("T")
-_ATTEMPTS = 3
-_OPTIMISTIC_ATTEMPTS = 3
 
 
 class KeyCache:
@@ -70,18 +61,11 @@ async def principal_for_key(request: Request, key: str) -> Principal:
             return await principal_for_token(request, key)
         raise Unauthorized("Invalid API key")
     digest = hash_key(key)
-    cache: KeyCache = app_state(request).key_cache
-    hit, principal = cache.get(digest)
+    state = app_state(request)
+    hit, principal = state.key_cache.get(digest)
     if not hit:
-        async with app_state(request).engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            row = await auth_repository.find_key(conn, digest)
-        principal = None
-        if row is not None and row["revoked_at"] is None:
-            principal = Principal(
-                row["id"], row["app_id"], row["mode"], row["kind"], token_only=row["token_only"]
-            )
-        cache.put(digest, principal)
+        principal = await find_principal(state.engine, digest)
+        state.key_cache.put(digest, principal)
     if principal is None:
         raise Unauthorized("Invalid API key")
     if principal.token_only and principal.kind == "public":
@@ -151,10 +135,6 @@ async def authenticate_writer(request: Request) -> Principal:
     return principal
 
 
-def owner_of(principal: Principal) -> Owner:
-    return Owner(principal.app_id, principal.mode)
-
-
 def require_user(principal: Principal, user_id: str) -> None:
     """404 unless the caller may read ``user_id``'s jobs (a token reads only its user's)."""
     if not principal.sees_user(user_id):
@@ -175,137 +155,36 @@ def require_job(principal: Principal, job: dict[str, Any]) -> None:
         raise JobNotFound(job["id"])
 
 
-async def read(
-    request: Request, principal: Principal, action: Callable[[JobService], Awaitable[T]]
-) -> T:
-    """Run a read on a pooled connection in autocommit (no BEGIN/ROLLBACK round trips).
-
-    A read that finds its pooled connection dead (the database restarted) is retried once
-    on a fresh connection: reads are idempotent, and the pool has been invalidated.
-    """
-    for attempt in range(2):
-        try:
-            async with app_state(request).engine.connect() as conn:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                return await action(JobService(Repository(conn), owner_of(principal)))
-        except DBAPIError as exc:
-            if attempt or not stale_connection(exc):
-                raise
-    raise AssertionError("unreachable")
-
-
-async def write(
-    request: Request, principal: Principal, action: Callable[[JobService], Awaitable[T]]
-) -> T:
-    """Run ``action`` in one transaction (events included), retrying deadlocks; notify after.
-
-    With an ``Idempotency-Key`` the key is claimed first and the response (``action``'s
-    result as JSON) stored before commit, in the same transaction; a retry is answered
-    from the stored response.
-    """
-    result, _ = await _write(request, principal, action, lambda _, value: orjson.dumps(value))
-    return result
-
-
-async def write_job(
-    request: Request, principal: Principal, action: Callable[[JobService], Awaitable[Row]]
-) -> Response:
-    """:func:`write` for the routes that answer with the job the write leaves, with the
-    route's status code. The job view is rendered once: the event carries it, and the
-    idempotency record and the response are the same bytes."""
-    _, body = await _write(request, principal, action, _job_body)
-    return Response(body, status_code=_route_status(request), media_type="application/json")
-
-
-def _job_body(service: JobService, row: Row) -> bytes:
-    return orjson.dumps(service.view(row))
-
-
 def _route_status(request: Request) -> int:
     status = getattr(request.scope.get("route"), "status_code", None)
     return status if isinstance(status, int) else 200
 
 
-async def _write(
-    request: Request,
-    principal: Principal,
-    action: Callable[[JobService], Awaitable[T]],
-    render: Callable[[JobService, T], bytes],
-) -> tuple[T, bytes]:
-    """The transaction of :func:`write`; ``render`` makes the body stored and sent.
-
-    A write without an ``Idempotency-Key`` is first tried optimistically (see
-    :func:`_write_unlocked`); the writes that need row locks run in a transaction.
-    """
-    idem = await idempotency.from_request(request)
-    if idem is None:
-        done = await _write_unlocked(request, principal, action, render)
-        if done is not None:
-            return done
-    for attempt in range(_ATTEMPTS):
-        committing = False
-        try:
-            async with app_state(request).engine.begin() as conn:
-                service = JobService(Repository(conn), owner_of(principal))
-                if idem is not None:
-                    await idem.claim(conn, service.owner, service.now)
-                result = await action(service)
-                await service.flush_events()
-                body = render(service, result)
-                if idem is not None:
-                    await idem.record(conn, service.owner, _route_status(request), body)
-                committing = True
-            break
-        except DBAPIError as exc:
-            # A connection found dead before COMMIT was sent committed nothing: retry once.
-            stale = not committing and attempt == 0 and stale_connection(exc)
-            if not stale and (not is_retryable(exc) or attempt == _ATTEMPTS - 1):
-                raise
-    return result, _committed(request, service, body)
+def operations_for(request: Request, principal: Principal) -> Operations:
+    """The caller's operations, run in the app's unit of work; a write reads the request's
+    ``Idempotency-Key`` when it starts and stores its answer with the route's status."""
+    return Operations(
+        app_state(request).unit_of_work,
+        principal,
+        lambda: idempotency.from_request(request),
+        _route_status(request),
+    )
 
 
-def _committed(request: Request, service: JobService, body: bytes) -> bytes:
-    """Count the write's events and announce them, once it has committed."""
-    if service.appended:
-        app_state(request).metrics.events_written.inc(service.appended)
-    app_state(request).notifier.notify(service.touched_streams)
-    if service.sampled:
-        app_state(request).background.eta_compactor.poke(service.sampled)
-    return body
+async def reader(request: Request) -> Operations:
+    """Dependency: the operations of the caller, from the Bearer key."""
+    return operations_for(request, await authenticate(request))
 
 
-async def _write_unlocked(
-    request: Request,
-    principal: Principal,
-    action: Callable[[JobService], Awaitable[T]],
-    render: Callable[[JobService, T], bytes],
-) -> tuple[T, bytes] | None:
-    """The write as one statement outside a transaction, or None to take the locked path.
+async def writer(request: Request) -> Operations:
+    """Dependency: the operations of a caller holding a secret (``sk_``) key."""
+    return operations_for(request, await authenticate_writer(request))
 
-    The job is read without a lock; the write's single statement applies only to the row
-    version read, appends the events with it and commits as it ends, so no lock is held
-    while this process computes or while its event loop runs other work. A write that
-    lost a race is recomputed from a fresh read; one the service cannot do this way
-    (anything but a job's progress) returns None before it has written anything, as does
-    a first read that finds its pooled connection dead.
-    """
-    for _ in range(_OPTIMISTIC_ATTEMPTS):
-        flushing = False
-        try:
-            async with app_state(request).engine.connect() as conn:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                service = JobService(Repository(conn), owner_of(principal), optimistic=True)
-                result = await action(service)
-                flushing = True
-                await service.flush_events()
-                body = render(service, result)
-        except NeedsLocks:
-            return None
-        except WriteConflict:
-            continue
-        except DBAPIError as exc:
-            if flushing or not stale_connection(exc):
-                raise
-            return None
-        return result, _committed(request, service, body)
-    return None  # contended: queue on the row lock instead
+
+Reader = Annotated[Operations, Depends(reader)]
+Writer = Annotated[Operations, Depends(writer)]
+
+
+def job_response(request: Request, body: bytes) -> Response:
+    """A job's JSON (as the write rendered it) with the route's status code."""
+    return Response(body, status_code=_route_status(request), media_type="application/json")

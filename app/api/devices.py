@@ -11,12 +11,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from app.api.deps import authenticate, read, require_job_id, require_user, write
-from app.api.jobs import JobIdPath, Reader
+from app.api.deps import Reader, authenticate, operations_for, require_job_id, require_user
+from app.api.jobs import JobIdPath
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
 from app.api.schemas import ERRORS, Omit
-from app.domain import push
 from app.domain.commands import (
     DeviceRegistration,
     DeviceRemoval,
@@ -24,21 +23,21 @@ from app.domain.commands import (
     LiveActivityRemoval,
 )
 from app.domain.errors import Forbidden
-from app.domain.keys import Principal
+from app.domain.operations import Operations
 
 router = APIRouter(tags=["devices"], route_class=OrjsonRoute)
 
 
-async def authenticate_secret(request: Request) -> Principal:
-    """Dependency: the caller, who must hold a secret (``sk_``) key (push debugging shows
-    device tokens' hints and payloads, which an app's public key must not read)."""
+async def secret_reader(request: Request) -> Operations:
+    """Dependency: the operations of a caller holding a secret (``sk_``) key (push debugging
+    shows device tokens' hints and payloads, which an app's public key must not read)."""
     principal = await authenticate(request)
     if not principal.can_write:
         raise Forbidden("A job's pushes are shown to secret (sk_) keys only")
-    return principal
+    return operations_for(request, principal)
 
 
-Secret = Annotated[Principal, Depends(authenticate_secret)]
+SecretReader = Annotated[Operations, Depends(secret_reader)]
 
 
 class LiveActivityOut(BaseModel):
@@ -98,59 +97,42 @@ class DeliveriesOut(BaseModel):
 @router.post(
     "/devices/live-activity", status_code=201, response_model=LiveActivityOut, responses=ERRORS
 )
-async def register_live_activity(
-    body: LiveActivityRegistration, request: Request, principal: Reader
-) -> Any:
+async def register_live_activity(body: LiveActivityRegistration, ops: Reader) -> Any:
     """Register (or replace) a Live Activity's push token for a job of that ``userId``.
 
     Public keys and the user's subscriber tokens may call it; a job that is not the user's
     reads as 404.
     """
-    require_job_id(principal, body.userId, body.jobId)
-    out = await write(
-        request, principal, lambda s: push.register_live_activity(s.repo, s.owner, body, s.now)
-    )
-    return ORJSONResponse(out, status_code=201)
+    require_job_id(ops.principal, body.userId, body.jobId)
+    return ORJSONResponse(await ops.register_live_activity(body), status_code=201)
 
 
 @router.delete("/devices/live-activity", response_model=LiveActivityRemovedOut, responses=ERRORS)
-async def remove_live_activity(
-    body: LiveActivityRemoval, request: Request, principal: Reader
-) -> Any:
+async def remove_live_activity(body: LiveActivityRemoval, ops: Reader) -> Any:
     """Forget a Live Activity's push token; ``deleted`` says whether there was one."""
-    require_job_id(principal, body.userId, body.jobId)
-    out = await write(
-        request, principal, lambda s: push.remove_live_activity(s.repo, s.owner, body)
-    )
-    return ORJSONResponse(out)
+    require_job_id(ops.principal, body.userId, body.jobId)
+    return ORJSONResponse(await ops.remove_live_activity(body))
 
 
 @router.post("/devices", status_code=201, response_model=DeviceOut, responses=ERRORS)
-async def register_device(body: DeviceRegistration, request: Request, principal: Reader) -> Any:
+async def register_device(body: DeviceRegistration, ops: Reader) -> Any:
     """Register (or replace) a device's push token, for alerts and silent pushes.
 
     ``ios``: the APNs device token in hex. ``android`` tokens are stored but not sent to
     (this server speaks APNs only). Public keys and the user's subscriber tokens may call it.
     """
-    require_user(principal, body.userId)
-    out = await write(
-        request, principal, lambda s: push.register_device(s.repo, s.owner, body, s.now)
-    )
-    return ORJSONResponse(out, status_code=201)
+    require_user(ops.principal, body.userId)
+    return ORJSONResponse(await ops.register_device(body), status_code=201)
 
 
 @router.delete("/devices", response_model=DeviceRemovedOut, responses=ERRORS)
-async def remove_device(body: DeviceRemoval, request: Request, principal: Reader) -> Any:
+async def remove_device(body: DeviceRemoval, ops: Reader) -> Any:
     """Forget a device's push token; ``deleted`` says whether there was one."""
-    require_user(principal, body.userId)
-    out = await write(request, principal, lambda s: push.remove_device(s.repo, s.owner, body))
-    return ORJSONResponse(out)
+    require_user(ops.principal, body.userId)
+    return ORJSONResponse(await ops.remove_device(body))
 
 
 @router.get("/jobs/{job_id}/pushes", response_model=DeliveriesOut, responses=ERRORS)
-async def list_pushes(job_id: JobIdPath, request: Request, principal: Secret) -> Any:
+async def list_pushes(job_id: JobIdPath, ops: SecretReader) -> Any:
     """The job's push deliveries, newest first (at most 200), for debugging. Secret key only."""
-    out = await read(
-        request, principal, lambda s: push.list_deliveries(s.repo, s.owner, job_id, s.now)
-    )
-    return ORJSONResponse(out)
+    return ORJSONResponse(await ops.deliveries(job_id))

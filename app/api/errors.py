@@ -14,8 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.api.responses import error_response
-from app.db.failures import is_unavailable
 from app.domain.errors import DomainError, JobNotFound
+from app.domain.unit_of_work import database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     global _last_outage
     if isinstance(exc, PoolTimeout):
         return await _pool_timeout(request, exc)
-    if is_unavailable(exc):
+    if database_unavailable(exc):
         _last_outage = time.monotonic()
         log.warning("database unavailable: %s", exc.__class__.__name__)
         return _unavailable()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.deps import read, write
-from app.api.jobs import Reader, Writer
+from app.api.deps import Reader, Writer
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
 from app.api.schemas import ERRORS, Omit
@@ -71,26 +70,19 @@ def checked_key(eta_key: str) -> str:
 
 
 @router.get("/eta", response_model=EtaListOut, responses=ERRORS)
-async def list_eta_stats(request: Request, principal: Reader) -> Any:
+async def list_eta_stats(ops: Reader) -> Any:
     """Statistics of every ETA key of the caller's app and mode, ordered by key."""
-    stats = await read(request, principal, lambda s: eta.list_stats(s.repo, s.owner))
-    return ORJSONResponse({"stats": stats})
+    return ORJSONResponse({"stats": await ops.eta_stats()})
 
 
 # ``:path`` so that keys holding an encoded "/" (any character a workflowId may carry) route.
 @router.get("/eta/{eta_key:path}", response_model=EtaStatsOut, responses=ERRORS)
-async def get_eta_stats(eta_key: EtaKeyPath, request: Request, principal: Reader) -> Any:
+async def get_eta_stats(eta_key: EtaKeyPath, ops: Reader) -> Any:
     """One key's statistics; 404 when the key has none."""
-    key = checked_key(eta_key)
-    return ORJSONResponse(
-        await read(request, principal, lambda s: eta.get_stats(s.repo, s.owner, key))
-    )
+    return ORJSONResponse(await ops.eta_stat(checked_key(eta_key)))
 
 
 @router.delete("/eta/{eta_key:path}", response_model=EtaResetOut, responses=ERRORS)
-async def reset_eta_stats(eta_key: EtaKeyPath, request: Request, principal: Writer) -> Any:
+async def reset_eta_stats(eta_key: EtaKeyPath, ops: Writer) -> Any:
     """Forget a key's statistics and default; ``deleted`` says whether it had any."""
-    key = checked_key(eta_key)
-    return ORJSONResponse(
-        await write(request, principal, lambda s: eta.reset(s.repo, s.owner, key))
-    )
+    return ORJSONResponse(await ops.reset_eta(checked_key(eta_key)))

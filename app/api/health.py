@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.responses import ORJSONResponse, error_response
-from app.db.migrate import current_revision, head_revision
+from app.domain.unit_of_work import required_schema
 from app.state import app_state
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ router = APIRouter(include_in_schema=False)
 
 # A readiness probe must answer quickly even when the database hangs.
 READY_TIMEOUT_SECONDS = 3.0
-_HEAD = head_revision()
+_HEAD = required_schema()
 
 
 @router.get("/healthz")
@@ -41,8 +41,7 @@ async def readyz(request: Request) -> ORJSONResponse:
         return _not_ready("shutting down")
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            async with app_state(request).engine.connect() as conn:
-                revision = await current_revision(conn)
+            revision = await app_state(request).unit_of_work.schema_revision()
     except Exception as error:  # any failure to reach or read the database means not ready
         return _not_ready("database unreachable", error.__class__.__name__)
     if revision != _HEAD:

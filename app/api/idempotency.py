@@ -1,28 +1,20 @@
-"""Idempotent POSTs: with ``Idempotency-Key``, a retried write returns its first response.
-
-The key is claimed (a row in ``idempotency_keys``) at the start of the write's transaction
-and the response is stored before commit, so a stored response exists exactly when the
-write committed. A concurrent request with the same key blocks on that row until the first
-commits, then replays; if the first rolls back (a 4xx domain error, a crash), nothing was
-stored and the next request with the key runs the write itself.
-"""
+"""Idempotent POSTs over HTTP: the ``Idempotency-Key`` header read and checked, and a
+replay answered with the stored response (the claim and the record, in the write's
+transaction, are ``app/domain/idempotency.py``'s)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
-from app.db.idempotency_repository import IdempotencyRepository, StoredResponse
-from app.db.repository import Owner
-from app.domain.errors import IdempotencyKeyInUse, IdempotencyKeyReused, ValidationFailed
+from app.domain.errors import ValidationFailed
+from app.domain.idempotency import IdempotentRequest, Replay
 from app.state import app_state
 
 HEADER = "Idempotency-Key"
@@ -51,47 +43,6 @@ OPENAPI_REPLAYED_HEADER: dict[str, Any] = {
 }
 
 
-class Replay(Exception):  # control flow, not an error
-    """Raised inside the write's transaction (rolling it back) to answer with a stored response."""
-
-    def __init__(self, stored: StoredResponse) -> None:
-        super().__init__("idempotent replay")
-        self.stored = stored
-
-
-@dataclass(frozen=True, slots=True)
-class IdempotentRequest:
-    """A POST that carries a valid ``Idempotency-Key``."""
-
-    key: str
-    request_hash: bytes
-    retention: timedelta
-
-    async def claim(self, conn: AsyncConnection, owner: Owner, now: datetime) -> None:
-        """Claim the key in this transaction, or raise ``Replay`` / a 409 if it was used."""
-        stored = await IdempotencyRepository(conn).claim(
-            owner, self.key, self.request_hash, now, now - self.retention
-        )
-        if stored is None:
-            return
-        if stored.request_hash != self.request_hash:
-            raise IdempotencyKeyReused(
-                "This Idempotency-Key was already used for a different request",
-                {"idempotencyKey": self.key},
-            )
-        if stored.status_code == 0:
-            raise IdempotencyKeyInUse(
-                "The first request with this Idempotency-Key has not finished",
-                {"idempotencyKey": self.key},
-            )
-        raise Replay(stored)
-
-    async def record(
-        self, conn: AsyncConnection, owner: Owner, status_code: int, body: bytes
-    ) -> None:
-        await IdempotencyRepository(conn).record(owner, self.key, status_code, body)
-
-
 def request_hash(method: str, path: str, body: bytes) -> bytes:
     """SHA-256 of method, path and the body as canonical JSON (sorted keys, no spaces)."""
     canonical = b""
@@ -116,8 +67,8 @@ async def from_request(request: Request) -> IdempotentRequest | None:
 async def _replay(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Replay)
     return Response(
-        exc.stored.body,
-        status_code=exc.stored.status_code,
+        exc.body,
+        status_code=exc.status_code,
         media_type="application/json",
         headers={REPLAYED_HEADER: "true"},
     )

@@ -7,7 +7,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
@@ -16,14 +15,13 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.background import BackgroundTask
 from starlette.types import Receive, Scope, Send
 
-from app.api.deps import bearer_key, owner_of, principal_for_key, require_user
+from app.api.deps import bearer_key, principal_for_key, require_user
 from app.api.sse_limits import acquire_sse_slot
-from app.db import eventlog
-from app.domain.clock import now_ms
 from app.domain.commands import ULID_RE, USER_ID_MAX, is_identifier
 from app.domain.errors import JobNotFound, NotFound, ValidationFailed
-from app.domain.keys import Principal
+from app.domain.keys import Principal, owner_of
 from app.observability import Metrics
+from app.realtime import connect
 from app.realtime.hub import Hub, Subscriber, frame
 from app.realtime.stream import Delivery, StreamPlan
 from app.state import app_state
@@ -113,16 +111,10 @@ async def sse(request: Request) -> EventSourceResponse:
             # Autocommit: READ COMMITTED gives each statement its own snapshot anyway, and
             # it saves the BEGIN and ROLLBACK round trips.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            stream = await eventlog.stream_for(conn, owner, user_id)
-            resume = last_id is not None and last_id <= stream.last_seq
-            # Seqs are dense per stream, so the count to replay is known without a query;
-            # a client too far behind is brought up to date by job.sync, not a huge replay.
-            if resume and last_id is not None:
-                resume = stream.last_seq - last_id <= settings.sse_max_replay_events
-            if resume and last_id is not None and last_id < stream.last_seq:
-                oldest = await eventlog.oldest_seq(conn, stream.stream_id)
-                resume = oldest is not None and oldest <= last_id + 1
-            start = last_id if resume and last_id is not None else stream.last_seq
+            begin = await connect.starting_point(
+                conn, owner, user_id, last_id, settings.sse_max_replay_events
+            )
+            start = begin.start
             # Subscribe before reading anything: the stream reads the log up to the hub's
             # position, and the hub offers everything after it.
             deadline = time.monotonic() + settings.sse_max_connection_seconds
@@ -131,7 +123,7 @@ async def sse(request: Request) -> EventSourceResponse:
             if expiry is not None and token_expires_first:
                 deadline = expiry
             sub = Subscriber(
-                stream.stream_id,
+                begin.stream_id,
                 start,
                 job_id,
                 settings.sse_client_buffer,
@@ -141,16 +133,19 @@ async def sse(request: Request) -> EventSourceResponse:
             )
             if token_expires_first:
                 sub.expiry_reason = "token_expired"  # reconnect with a new token
-            hub.add(sub, stream.last_seq)
+            hub.add(sub, begin.head)
             slot.on_replaced(sub.close)
             if hub.shutdown_event.is_set():  # draining already: say goodbye at once
                 sub.stop()
             sync: list[str] = []
-            if not resume:
-                now = now_ms()
-                since = now - timedelta(hours=settings.sync_finished_window_hours)
-                sync = await eventlog.sync_ids(
-                    conn, owner, user_id, job_id, now, since, settings.sse_sync_limit
+            if not begin.resume:
+                sync = await connect.jobs_to_sync(
+                    conn,
+                    owner,
+                    user_id,
+                    job_id,
+                    settings.sync_finished_window_hours,
+                    settings.sse_sync_limit,
                 )
     except BaseException:
         if sub is not None:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from app.api.deps import authenticate_writer, write
+from app.api.deps import Writer
 from app.api.responses import ORJSONResponse
 from app.api.routing import OrjsonRoute
 from app.api.schemas import ERRORS, TokenOut
-from app.db import auth_repository
 from app.domain import tokens
 from app.domain.commands import ULID_RE, UserId
 from app.domain.errors import ValidationFailed
-from app.domain.keys import Principal
 from app.settings import Settings
 from app.state import app_state
 
@@ -46,51 +43,11 @@ class MintToken(BaseModel):
     )
 
 
-class SigningKeys:
-    """This replica's view of the signing keys in PostgreSQL.
-
-    Lookups are cached for ``ttl`` seconds (``SEENN_AUTH_CACHE_SECONDS``), like API keys: a
-    rotation or revocation made elsewhere applies here within that time.
-    """
-
-    def __init__(self, engine: Any, settings: Settings) -> None:
-        self.engine = engine
-        self.ttl = settings.auth_cache_seconds
-        # A retired key verifies as long as a token it signed can live (plus the time a
-        # replica may have kept signing with it from its cache).
-        self.grace = timedelta(seconds=settings.token_lifetime_seconds + self.ttl)
-        self._current: tuple[float, str, bytes] | None = None
-        self._verifying: dict[str, tuple[float, bytes | None]] = {}
-
-    async def current(self) -> tuple[str, bytes]:
-        cached = self._current
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1], cached[2]
-        async with self.engine.begin() as conn:
-            kid, secret = await auth_repository.current_signing_key(conn)
-        if self.ttl > 0:
-            self._current = (time.monotonic() + self.ttl, kid, secret)
-        return kid, secret
-
-    async def secret_for(self, kid: str) -> bytes | None:
-        hit = self._verifying.get(kid)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        async with self.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            secret = await auth_repository.verifying_secret(conn, kid, self.grace)
-        if self.ttl > 0:
-            if len(self._verifying) >= 1000:
-                self._verifying.clear()
-            self._verifying[kid] = (time.monotonic() + self.ttl, secret)
-        return secret
-
-
 @router.post("/tokens", response_model=TokenOut, responses=ERRORS)
 async def mint_token(
     body: MintToken,
     request: Request,
-    principal: Annotated[Principal, Depends(authenticate_writer)],
+    ops: Writer,
 ) -> Any:
     """Mint a subscriber token (secret key only) for the app to read one user's jobs."""
     settings: Settings = app_state(request).settings
@@ -100,8 +57,9 @@ async def mint_token(
         raise ValidationFailed(f"expiresIn must be at most {limit} seconds", "expiresIn", max=limit)
     job_ids = list(dict.fromkeys(body.jobIds)) if body.jobIds is not None else None
     kid, secret = await app_state(request).signing_keys.current()
+    principal = ops.principal
 
-    async def mint(_: Any) -> dict[str, Any]:
+    def mint() -> dict[str, Any]:
         token, claims = tokens.mint(
             kid, secret, principal.app_id, principal.mode, body.userId, job_ids, lifetime
         )
@@ -119,4 +77,4 @@ async def mint_token(
         return out
 
     # As every POST: with an Idempotency-Key, a retry gets the first response (the same token).
-    return ORJSONResponse(await write(request, principal, mint))
+    return ORJSONResponse(await ops.answer_once(mint))

@@ -369,7 +369,7 @@ async def cancel(job_id: str, request: Request) -> Response:
     async def act(session: Session, _form: dict[str, str]) -> Response:
         if not ULID_RE.fullmatch(job_id):
             raise NotFound(f"Job {job_id[:40]} not found")
-        await deps.write(request, session.principal, lambda s: s.cancel(job_id, CancelJob()))
+        await deps.operations_for(request, session.principal).cancel(job_id, CancelJob())
         return RedirectResponse(f"/dashboard/jobs/{job_id}", status_code=303)
 
     return await _run_operation(request, act)
@@ -381,7 +381,7 @@ async def reset_eta(request: Request) -> Response:
         key = _text(form.get("etaKey"), "etaKey", 100 + len(eta.PARENT_SUFFIX))
         if key is None:
             raise ValidationFailed("etaKey is required")
-        await deps.write(request, session.principal, lambda s: eta.reset(s.repo, s.owner, key))
+        await deps.operations_for(request, session.principal).reset_eta(key)
         return RedirectResponse("/dashboard/eta?" + urlencode({"reset": key}), status_code=303)
 
     return await _run_operation(request, act)

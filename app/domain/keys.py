@@ -8,6 +8,11 @@ import secrets
 import string
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import auth_repository
+from app.db.repository import Owner
+
 KEY_RE = re.compile(r"^(sk|pk)_(live|test)_([A-Za-z0-9]{32})$")
 _ALPHABET = string.ascii_letters + string.digits
 KIND_PREFIX = {"secret": "sk", "public": "pk"}
@@ -64,3 +69,21 @@ def hash_key(key: str) -> bytes:
 def key_hint(key: str) -> str:
     """What listings show of a key: its prefix and last four characters."""
     return f"{key[:8]}...{key[-4:]}"
+
+
+def owner_of(principal: Principal) -> Owner:
+    """The app and mode whose jobs the caller reads and writes."""
+    return Owner(principal.app_id, principal.mode)
+
+
+async def find_principal(engine: AsyncEngine, digest: bytes) -> Principal | None:
+    """The caller holding the key whose hash is ``digest``; None for an unknown or revoked
+    key (one autocommit round trip)."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = await auth_repository.find_key(conn, digest)
+    if row is None or row["revoked_at"] is not None:
+        return None
+    return Principal(
+        row["id"], row["app_id"], row["mode"], row["kind"], token_only=row["token_only"]
+    )

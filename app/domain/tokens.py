@@ -11,8 +11,12 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import jwt
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import auth_repository
 
 ALGORITHM = "HS256"
 ISSUER = "seenn-server"
@@ -119,3 +123,43 @@ def verify(token: str, secret: bytes) -> TokenClaims:
         payload["iat"],
         payload["exp"],
     )
+
+
+class SigningKeys:
+    """This replica's view of the signing keys in PostgreSQL.
+
+    Lookups are cached for ``ttl`` seconds (``SEENN_AUTH_CACHE_SECONDS``), like API keys: a
+    rotation or revocation made elsewhere applies here within that time.
+    """
+
+    def __init__(self, engine: AsyncEngine, ttl: float, token_lifetime_seconds: float) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        # A retired key verifies as long as a token it signed can live (plus the time a
+        # replica may have kept signing with it from its cache).
+        self.grace = timedelta(seconds=token_lifetime_seconds + self.ttl)
+        self._current: tuple[float, str, bytes] | None = None
+        self._verifying: dict[str, tuple[float, bytes | None]] = {}
+
+    async def current(self) -> tuple[str, bytes]:
+        cached = self._current
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1], cached[2]
+        async with self.engine.begin() as conn:
+            kid, secret = await auth_repository.current_signing_key(conn)
+        if self.ttl > 0:
+            self._current = (time.monotonic() + self.ttl, kid, secret)
+        return kid, secret
+
+    async def secret_for(self, kid: str) -> bytes | None:
+        hit = self._verifying.get(kid)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            secret = await auth_repository.verifying_secret(conn, kid, self.grace)
+        if self.ttl > 0:
+            if len(self._verifying) >= 1000:
+                self._verifying.clear()
+            self._verifying[kid] = (time.monotonic() + self.ttl, secret)
+        return secret
