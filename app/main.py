@@ -21,19 +21,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.api import children, devices, eta, health, idempotency, jobs, sse, tokens, transitions
-from app.api.deps import KeyCache
 from app.api.errors import install_error_handlers
 from app.api.guards import RequestGuards
 from app.api.ratelimit import limiter_from_settings
 from app.api.schemas import install_openapi, install_swagger_ui
-from app.api.sse_limits import ConnectionLimiter
 from app.background import start_background
 from app.dashboard import routes as dashboard
 from app.dashboard.feed import DashboardFeed
 from app.db.engine import create_engine
+from app.domain.keys import KeyCache
 from app.domain.tokens import SigningKeys
 from app.domain.unit_of_work import AfterCommit, UnitOfWork
 from app.observability import Metrics, ObservabilityMiddleware, RouteTemplates
+from app.realtime.connections import ConnectionLimiter
 from app.realtime.runtime import end_streams, start_realtime, stop_realtime
 from app.settings import Settings, get_settings
 from app.state import AppState

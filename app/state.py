@@ -11,14 +11,14 @@ from starlette.requests import HTTPConnection
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from app.api.deps import KeyCache
     from app.api.ratelimit import RateLimiter
-    from app.api.sse_limits import ConnectionLimiter
     from app.background import Background
     from app.dashboard.feed import DashboardFeed
+    from app.domain.keys import KeyCache
     from app.domain.tokens import SigningKeys
     from app.domain.unit_of_work import UnitOfWork
     from app.observability import Metrics
+    from app.realtime.connections import ConnectionLimiter
     from app.realtime.hub import Hub, PgNotifier
     from app.realtime.runtime import Realtime
     from app.settings import Settings

@@ -92,14 +92,14 @@ MUTANTS = [
     ),
     Mutant(
         "auth-cache-never-expires",
-        "app/api/deps.py",
+        "app/domain/keys.py",
         "if hit is None or hit[0] < time.monotonic():",
         "if hit is None:",
         ("tests/test_server_limits.py", "-k", "window"),
     ),
     Mutant(
         "sse-per-key-cap-ignored",
-        "app/api/sse_limits.py",
+        "app/realtime/connections.py",
         "if not at_user_cap and self._open.get(key_id, 0) >= self.max_per_key:",
         "if False:",
         ("tests/test_server_limits.py", "-k", "per_key_cap"),

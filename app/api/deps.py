@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -15,28 +14,6 @@ from app.domain.errors import Forbidden, JobNotFound, NotFound, Unauthorized
 from app.domain.keys import KEY_RE, Principal, find_principal, hash_key
 from app.domain.operations import Operations
 from app.state import app_state
-
-
-class KeyCache:
-    """A short-lived cache of key lookups, so most requests skip one database round trip."""
-
-    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: dict[bytes, tuple[float, Principal | None]] = {}
-
-    def get(self, key_hash: bytes) -> tuple[bool, Principal | None]:
-        hit = self._entries.get(key_hash)
-        if hit is None or hit[0] < time.monotonic():
-            return False, None
-        return True, hit[1]
-
-    def put(self, key_hash: bytes, principal: Principal | None) -> None:
-        if self.ttl <= 0:
-            return
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
 
 
 def bearer_key(request: Request) -> str:

@@ -6,6 +6,7 @@ import hashlib
 import re
 import secrets
 import string
+import time
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -87,3 +88,25 @@ async def find_principal(engine: AsyncEngine, digest: bytes) -> Principal | None
     return Principal(
         row["id"], row["app_id"], row["mode"], row["kind"], token_only=row["token_only"]
     )
+
+
+class KeyCache:
+    """A short-lived cache of key lookups, so most requests skip one database round trip."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[bytes, tuple[float, Principal | None]] = {}
+
+    def get(self, key_hash: bytes) -> tuple[bool, Principal | None]:
+        hit = self._entries.get(key_hash)
+        if hit is None or hit[0] < time.monotonic():
+            return False, None
+        return True, hit[1]
+
+    def put(self, key_hash: bytes, principal: Principal | None) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
