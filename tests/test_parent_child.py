@@ -1,5 +1,8 @@
 """Parent and child jobs over the API: counters, progress, status, cancel cascades."""
 
+import asyncio
+from collections import Counter
+
 import httpx
 import pytest
 
@@ -281,3 +284,25 @@ async def test_batch_whose_parent_and_children_share_a_job_type_completes(client
     stats = (await client.get(f"/eta/{key}")).json()
     assert stats["count"] == total  # every child
     assert (await client.get(f"/eta/{key}%23parent")).json()["count"] == 1  # the parent
+
+
+async def test_concurrent_writes_to_children_of_one_parent_all_land(client):
+    """Many writes at once to the children of one parent, several to each child: every one
+    is answered 200 (a child whose row changed while its write waited for the parent's lock
+    was once answered 404), and the parent's progress is exactly the children's average."""
+    total = 40
+    parent = await create_parent(client, total)
+    kids = await asyncio.gather(*(create_child(client, parent, i) for i in range(total)))
+    answers: Counter[int] = Counter()
+
+    async def write(kid: dict, value: int) -> None:
+        response = await client.post(f"/jobs/{kid['id']}/progress", json={"progress": value})
+        answers[response.status_code] += 1
+
+    await asyncio.gather(*(write(kid, v) for v in (5, 10, 15, 20, 25, 30) for kid in kids))
+    assert answers == {200: 6 * total}
+    children = [await get(client, kid["id"]) for kid in kids]
+    state = await get(client, parent["id"])
+    points = sum(child["progress"] for child in children)
+    assert state["progress"] == (2 * points + total) // (2 * total)  # half up, integers only
+    assert state["children"]["running"] == total

@@ -126,14 +126,18 @@ _JOINED = (
 )
 # A live job, and its live parent if it is a child, in one statement, locked parent first
 # (rows are locked in the order of ORDER BY): the parent comes first, the job
-# (``j.id = :id``) last. A job that is not a child has no parent row (``IN`` ignores NULL).
+# (``j.id = :id``) last. A job that is not a child has no parent row (``= NULL`` is never
+# true). The parent's id is a scalar subquery (an InitPlan, computed once), not a join: when
+# a row was updated while the statement waited for its lock, PostgreSQL rechecks the WHERE
+# clause on the new version with the rest of the plan held fixed, and a semi-join over a
+# UNION ALL lost the job's row in that recheck (the write then answered 404).
 _LOCK_FAMILY = text(
     _WITH_ETA
-    + "WHERE j.id IN (SELECT c.id FROM jobs c WHERE c.id = :id AND c."
+    + "WHERE ((j.id = :id AND j."
+    + _OWNED.replace(" AND ", " AND j.")
+    + ") OR j.id = (SELECT c.parent_job_id FROM jobs c WHERE c.id = :id AND c."
     + _OWNED.replace(" AND ", " AND c.")
-    + " UNION ALL SELECT c.parent_job_id FROM jobs c WHERE c.id = :id AND c."
-    + _OWNED.replace(" AND ", " AND c.")
-    + ") AND j.expires_at > :now ORDER BY j.id = :id FOR UPDATE OF j"
+    + ")) AND j.expires_at > :now ORDER BY j.id = :id FOR UPDATE OF j"
 ).columns(*_JOINED)
 # A job that is not a child, unlocked, with the row's version (its xmin).
 _READ_PLAIN = text(
