@@ -23,16 +23,8 @@ from typing import Any
 
 import orjson
 
-from bench.run import (
-    ROOT,
-    SERVER_ENV,
-    CpuMeter,
-    create_jobs,
-    loadgen,
-    log,
-    postmaster_pid,
-    start_echo,
-)
+from bench.processes import ROOT, SERVER_ENV, CpuMeter, loadgen, log, postmaster_pid, start_echo
+from bench.scenarios import create_jobs
 
 
 def checkout(rev: str, into: Path) -> Path:

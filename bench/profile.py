@@ -26,7 +26,8 @@ from typing import Any
 import httpx
 from sqlalchemy.engine import make_url
 
-from bench.run import ROOT, SERVER_ENV, create_family, create_jobs, loadgen, log
+from bench.processes import ROOT, SERVER_ENV, loadgen, log
+from bench.scenarios import create_family, create_jobs
 
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104

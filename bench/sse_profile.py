@@ -28,19 +28,19 @@ from typing import Any
 import orjson
 
 from bench.compare import checkout, remove_checkout
-from bench.profile import layer_shares, summarize_profile
-from bench.run import (
+from bench.processes import (
     ROOT,
     SERVER_ENV,
     Interactive,
     children_of,
     cpu_seconds,
-    create_jobs,
     loadgen,
     log,
     postmaster_pid,
     rss_kb,
 )
+from bench.profile import layer_shares, summarize_profile
+from bench.scenarios import create_jobs
 from bench.stats import percentile, slope
 
 

@@ -1,0 +1,303 @@
+"""What a run's results say: the machine, the targets met or missed, and ``results.md``."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def as_ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 3)
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1048576, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average": os.getloadavg(),
+    }
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets against what was measured (None when not measured)."""
+    sc = results["scenarios"]
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, goal: str, met: bool | None) -> None:
+        out.append({"target": name, "measured": value, "goal": goal, "met": met})
+
+    if "progress" in sc:
+        for r in sc["progress"]:
+            if r["concurrency"] == 1 and len(sc["progress"]) > 1:
+                continue  # the goals are at 16 and 64 concurrent
+            add(
+                f"progress / min(asyncpg UPDATE, echo), concurrency {r['concurrency']}",
+                r["ratio_to_limit"],
+                ">= 0.5",
+                r["ratio_to_limit"] >= 0.5,
+            )
+    for r in sc.get("get", []):
+        echo = results["limits"][str(r["concurrency"])]["echo"]["throughput"]
+        ratio = round(r["throughput"] / echo, 3) if echo else None
+        if r["concurrency"] == 1 and len(sc["get"]) > 1:
+            continue
+        add(
+            f"GET of a job / echo, concurrency {r['concurrency']}",
+            ratio,
+            ">= 0.5",
+            ratio is not None and ratio >= 0.5,
+        )
+    bounds = {"progress": 0.4, "get": 0.25, "complete": 0.6}
+    for name, bound in bounds.items():
+        rows = [r for r in sc.get(name, []) if r.get("server_cpu_ms") is not None]
+        if rows:
+            best = min(r["server_cpu_ms"] for r in rows)
+            add(
+                f"server CPU ms per {name} (lowest over concurrencies)",
+                best,
+                f"<= {bound}",
+                best <= bound,
+            )
+    if "child_progress" in sc and len(sc["child_progress"]) > 1:
+        first, last = sc["child_progress"][0], sc["child_progress"][-1]
+        r = round(last["ms_per_write"] / first["ms_per_write"], 3)
+        add(
+            f"child write cost, {last['children']} vs {first['children']} children",
+            r,
+            "<= 1.2",
+            r <= 1.2,
+        )
+    if "create_batch" in sc:
+        b = sc["create_batch"]
+        add(
+            f"createBatch({b.get('children')}): create all, seconds, errors",
+            f"{b.get('seconds', 0):.2f} s, {b.get('errors')} errors",
+            "< 2 s, 0 errors",
+            b.get("seconds", 99) < 2 and b.get("errors") == 0,
+        )
+        if "complete_seconds" in b:
+            add(
+                f"createBatch({b.get('children')}): complete all at once, seconds, errors",
+                f"{b['complete_seconds']:.2f} s, {b.get('complete_errors')} errors",
+                "< 2 s, 0 errors",
+                b["complete_seconds"] < 2 and b.get("complete_errors") == 0,
+            )
+    for row in sc.get("eta_progress", {}).get("rows", []):
+        add(
+            f"progress on a learned ETA type / a cold type, concurrency {row['concurrency']}:"
+            " throughput, server CPU per write",
+            f"{row['throughput_ratio']}, {row['server_cpu_ratio']}",
+            "no measurable drop (throughput >= 0.95, CPU <= 1.05)",
+            row["throughput_ratio"] is not None
+            and row["server_cpu_ratio"] is not None
+            and row["throughput_ratio"] >= 0.95
+            and row["server_cpu_ratio"] <= 1.05,
+        )
+    if "workers" in sc:
+        w = sc["workers"]
+        add(
+            f"progress with 2 workers / 1 worker, concurrency {w['concurrency']}",
+            w["ratio"],
+            "measured (2 cores shared with PostgreSQL and the load)",
+            None,
+        )
+    for row in sc.get("sse_latency", []):
+        if row["p50_ms"] is None:
+            add(
+                f"SSE delivery, {row['subscribers']} {row['shape']}",
+                "no events",
+                "p50 < 20, p99 < 50 ms",
+                False,
+            )
+            continue
+        add(
+            f"SSE delivery p50/p99 ms, {row['subscribers']} subscribers ({row['shape']})",
+            f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f}",
+            "p50 < 20, p99 < 50 ms",
+            row["p50_ms"] < 20 and row["p99_ms"] < 50,
+        )
+    if "fanout" in sc and sc["fanout"]["ratio"] is not None:
+        f = sc["fanout"]
+        add("write throughput with SSE fan-out / without", f["ratio"], ">= 0.8", f["ratio"] >= 0.8)
+    if "sse_memory" in sc and sc["sse_memory"]["kb_per_connection"] is not None:
+        k = sc["sse_memory"]["kb_per_connection"]
+        add("RSS per idle SSE connection (kB)", k, "< 50", k < 50)
+    return out
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    m = results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {results['finished_at']} ({'quick' if results['quick'] else 'full'} mode) on "
+        f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB RAM, Linux {m['kernel']}, "
+        f"Python {m['python']}, PostgreSQL {results.get('machine_pg')}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average'])}. Server, PostgreSQL and load "
+        "generators share these cores.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | goal | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for t in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['measured']} | {t['goal']} | {met} |")
+    lines += [
+        "",
+        "## Limits (same run)",
+        "",
+        "| concurrency | asyncpg UPDATE/s | p50 ms | echo req/s | p50 ms | min |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c, lim in results["limits"].items():
+        pg, echo = lim["pg_update"], lim["echo"]
+        lines.append(
+            f"| {c} | {pg['throughput']:.0f} | {pg['p50_ms']} | {echo['throughput']:.0f} "
+            f"| {echo['p50_ms']} | {min(pg['throughput'], echo['throughput']):.0f} |"
+        )
+    lines += [
+        "",
+        "## API scenarios",
+        "",
+        "CPU columns: milliseconds of CPU per request spent by the server process, by "
+        "PostgreSQL (all its processes) and by the load generator.",
+        "",
+        "| scenario | concurrency | req/s | × min(limits) | p50 ms | p99 ms | errors "
+        "| server CPU ms | PG CPU ms | loadgen CPU ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    sc = results["scenarios"]
+    for name in ("create", "progress", "get", "list", "complete"):
+        for r in sc.get(name, []):
+            lines.append(
+                f"| {name} | {r['concurrency']} | {r['throughput']:.0f} | "
+                f"{r['ratio_to_limit']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} "
+                f"| {r.get('server_cpu_ms')} | {r.get('postgres_cpu_ms')} "
+                f"| {r.get('loadgen_cpu_ms')} |"
+            )
+    if "child_progress" in sc:
+        lines += [
+            "",
+            "## Child progress on one parent",
+            "",
+            "| children | concurrency | writes/s | ms per write | p50 ms | p99 ms | errors "
+            "| server CPU ms | PG CPU ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in sc["child_progress"]:
+            lines.append(
+                f"| {r['children']} | {r['concurrency']} | {r['throughput']:.0f} | "
+                f"{r['ms_per_write']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} "
+                f"| {r.get('server_cpu_ms')} | {r.get('postgres_cpu_ms')} |"
+            )
+    if "create_batch" in sc:
+        b = sc["create_batch"]
+        lines += [
+            "",
+            "## createBatch (all child POSTs at once)",
+            "",
+            f"{b.get('children')} children: {b.get('seconds', 0):.2f} s to the final GET, "
+            f"{b.get('errors')} errors, statuses {b.get('statuses')}, parent total "
+            f"{b.get('parent_children_total')}. Then all completed at once: "
+            f"{b.get('complete_seconds', 0):.2f} s, statuses {b.get('complete_statuses')}, "
+            f"parent {b.get('parent_status_after')}.",
+        ]
+    if "eta_progress" in sc:
+        e = sc["eta_progress"]
+        lines += [
+            "",
+            "## Progress on a type with ETA history",
+            "",
+            f"Progress writes on a type with {e['history']} completions (profiles, scores: the"
+            " full ETA model runs on each write) and on a type without statistics, in"
+            " alternating rounds of the same run; figures are the mean over the rounds.",
+            "",
+            "| concurrency | cold req/s | learned req/s | ratio | cold server CPU ms "
+            "| learned server CPU ms | ratio | cold PG CPU ms | learned PG CPU ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in e["rows"]:
+            cold, learned = r["cold"], r["learned"]
+            lines.append(
+                f"| {r['concurrency']} | {cold['throughput']:.0f} | {learned['throughput']:.0f} "
+                f"| {r['throughput_ratio']} | {cold['server_cpu_ms']} "
+                f"| {learned['server_cpu_ms']} | {r['server_cpu_ratio']} "
+                f"| {cold['postgres_cpu_ms']} | {learned['postgres_cpu_ms']} |"
+            )
+    if "workers" in sc:
+        w = sc["workers"]
+        lines += [
+            "",
+            "## Worker processes (`serve --workers N`)",
+            "",
+            f"Progress writes at concurrency {w['concurrency']}: 1 worker "
+            f"{w['one']['throughput']:.0f}/s, 2 workers {w['two']['throughput']:.0f}/s "
+            f"(ratio {w['ratio']}); server CPU per write {w['one'].get('server_cpu_ms')} / "
+            f"{w['two'].get('server_cpu_ms')} ms.",
+        ]
+    if "sse_latency" in sc:
+        lines += [
+            "",
+            "## SSE delivery latency (write answered → event received)",
+            "",
+            "| subscribers | shape | writes/s (target) | p50 ms | p99 ms | max ms "
+            "| matched/expected |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in sc["sse_latency"]:
+            lines.append(
+                f"| {r['subscribers']} | {r['shape']} | {r['write_throughput']:.0f} "
+                f"({r['target_rate']:.0f}) | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} "
+                f"| {r['matched']}/{r['expected_recorded']} |"
+            )
+    elif results.get("sse_skipped"):
+        lines += ["", f"SSE scenarios skipped: {results['sse_skipped']}."]
+    if "fanout" in sc:
+        f = sc["fanout"]
+        lines += [
+            "",
+            "## Writes with SSE fan-out",
+            "",
+            f"Progress writes at concurrency {f['concurrency']}: "
+            f"{f['no_subscribers']['throughput']:.0f}/s with no subscribers, "
+            f"{f['with_subscribers']['throughput']:.0f}/s with {f['subscribers']} subscribers "
+            f"(one per written user; {f['events_received']} events delivered): ratio {f['ratio']}.",
+        ]
+    if "sse_memory" in sc:
+        mem = sc["sse_memory"]
+        pts = ", ".join(f"{p['connections']}: {p['rss_kb'] / 1024:.1f} MB" for p in mem["points"])
+        lines += [
+            "",
+            "## Memory per idle SSE connection",
+            "",
+            f"Server RSS by open connections: {pts}. Slope: **{mem['kb_per_connection']} kB "
+            f"per connection** (failed opens: {mem['failed'] or 'none'}).",
+        ]
+    if results.get("failures"):
+        lines += ["", "## Scenarios that failed", ""]
+        lines += [f"- {k}: `{v[:300]}`" for k, v in results["failures"].items()]
+    lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in results.get("plots", [])), ""]
+    path.write_text("\n".join(lines))
