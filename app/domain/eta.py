@@ -15,9 +15,10 @@ wait*, kept apart and added to the estimate of a job that has not started yet.
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 from app.db.eta_repository import EtaRepository
 from app.db.repository import Owner, Repository, Row, Staged
@@ -177,7 +178,10 @@ def merged(stats: Row) -> Row:
     pending = stats.get("pending") or []
     if not pending:
         return stats
-    digest = copy.deepcopy(stats.get("digest")) or estimator.empty_digest()
+    # A deep copy through JSON: the digest is JSON (it comes from a JSONB column), and
+    # orjson copies it an order of magnitude faster than copy.deepcopy.
+    stored = stats.get("digest")
+    digest = orjson.loads(orjson.dumps(stored)) if stored else estimator.empty_digest()
     count = int(stats.get("count") or 0)
     total = float(stats.get("sum_duration") or 0.0)
     low, high = stats.get("min_duration"), stats.get("max_duration")
