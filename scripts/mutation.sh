@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing of the modules configured in pyproject.toml ([tool.mutmut]) against the
-# fast tests that cover them. CPU-heavy; not part of CI. Results: docs/mutation.md.
+# tests that cover them, run in-process on one embedded PostgreSQL server
+# (scripts/with_test_database.py). CPU-heavy; not part of CI. Results: docs/mutation.md.
 #   scripts/mutation.sh            run (incremental: only changed functions are retried)
 #   scripts/mutation.sh results    list surviving mutants;  mutmut show <name> shows one
 set -euo pipefail
@@ -12,5 +13,8 @@ fi
 if [ "${1:-run}" = results ]; then
   exec .venv/bin/mutmut results
 fi
+# The API tests drive the application in the test process, where mutmut sees it.
+export SEENN_TEST_IN_PROCESS=1
 # One worker per spare core (the machine is shared): MUTATION_JOBS overrides.
-exec nice -n 10 .venv/bin/mutmut run --max-children "${MUTATION_JOBS:-1}"
+exec nice -n 10 .venv/bin/python scripts/with_test_database.py \
+  .venv/bin/mutmut run --max-children "${MUTATION_JOBS:-1}" "$@"

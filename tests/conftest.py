@@ -1,10 +1,16 @@
 """Fixtures: one real PostgreSQL and one real server process per test session.
 
 Each test gets its own app id (and keys), so tests never see each other's data.
+
+With ``SEENN_TEST_IN_PROCESS=1`` the ``client`` fixture drives the application inside the
+test process instead (``inprocess_client``: the same app, same settings, same real
+database, through ``httpx.ASGITransport``). The mutation run (scripts/mutation.sh) sets it,
+so that the service, event log and idempotency code runs where mutmut can see it.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -17,6 +23,7 @@ import httpx
 import pytest
 
 from app.db.engine import plain_url
+from app.settings import Settings
 from tests.harness import ServerProcess, create_key, provision_database, start_server
 
 
@@ -92,8 +99,46 @@ async def keys(database_url: str) -> AppKeys:
     return await make_app(database_url)
 
 
+IN_PROCESS = os.environ.get("SEENN_TEST_IN_PROCESS") == "1"
+
+
+@pytest.fixture(scope="session")
+async def inprocess_app(database_url: str) -> AsyncIterator[object]:
+    """The application in the test process, started (lifespan) on the session's database,
+    with the settings a test server gets (``tests.harness.start_server``)."""
+    from app.main import create_app
+
+    settings = Settings(database_url=database_url, auth_cache_seconds=0, log_level="warning")
+    app = create_app(settings, database_url)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
 @pytest.fixture
-async def client(server: ServerProcess, keys: AppKeys) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client for the session's server, authenticated with the test's secret key."""
-    async with httpx.AsyncClient(base_url=f"{server.url}/v1", headers=keys.auth(), timeout=30) as c:
+async def inprocess_client(inprocess_app: object, keys: AppKeys) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the in-process application (no streaming responses: SSE tests
+    use a server process), authenticated with the test's secret key."""
+    transport = httpx.ASGITransport(app=inprocess_app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://seenn.test/v1", headers=keys.auth(), timeout=30
+    ) as c:
         yield c
+
+
+if IN_PROCESS:
+
+    @pytest.fixture
+    async def client(
+        inprocess_client: httpx.AsyncClient,
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        """The in-process application's client (``SEENN_TEST_IN_PROCESS=1``)."""
+        yield inprocess_client
+
+else:
+
+    @pytest.fixture
+    async def client(server: ServerProcess, keys: AppKeys) -> AsyncIterator[httpx.AsyncClient]:
+        """An HTTP client for the session's server, authenticated with the test's secret key."""
+        headers = keys.auth()
+        async with httpx.AsyncClient(base_url=f"{server.url}/v1", headers=headers, timeout=30) as c:
+            yield c
