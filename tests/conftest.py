@@ -24,7 +24,13 @@ import pytest
 
 from app.db.engine import plain_url
 from app.settings import Settings
-from tests.harness import ServerProcess, create_key, provision_database, start_server
+from tests.harness import (
+    ServerProcess,
+    create_key,
+    drop_database,
+    provision_database,
+    start_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +61,8 @@ def database_url(workdir: Path) -> Iterator[str]:
     yield url
     if hasattr(handle, "close"):
         handle.close()
+    elif os.environ.get("SEENN_TEST_DROP_DATABASE") == "1":  # a shared server's: drop it
+        drop_database(url)
 
 
 @pytest.fixture(scope="session")
@@ -102,10 +110,12 @@ async def keys(database_url: str) -> AppKeys:
 IN_PROCESS = os.environ.get("SEENN_TEST_IN_PROCESS") == "1"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def inprocess_app(database_url: str) -> AsyncIterator[object]:
     """The application in the test process, started (lifespan) on the session's database,
-    with the settings a test server gets (``tests.harness.start_server``)."""
+    with the settings a test server gets (``tests.harness.start_server``). One per test
+    module: its startup then counts for a test of each module in the mutation run's
+    record of which tests run which code."""
     from app.main import create_app
 
     settings = Settings(database_url=database_url, auth_cache_seconds=0, log_level="warning")
@@ -115,7 +125,9 @@ async def inprocess_app(database_url: str) -> AsyncIterator[object]:
 
 
 @pytest.fixture
-async def inprocess_client(inprocess_app: object, keys: AppKeys) -> AsyncIterator[httpx.AsyncClient]:
+async def inprocess_client(
+    inprocess_app: object, keys: AppKeys
+) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the in-process application (no streaming responses: SSE tests
     use a server process), authenticated with the test's secret key."""
     transport = httpx.ASGITransport(app=inprocess_app)  # type: ignore[arg-type]

@@ -105,6 +105,24 @@ def create_database(server_url: str, prefix: str) -> str:
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
+def drop_database(url: str) -> None:
+    """Drop ``url``'s database, ending the connections still open to it."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(
+            plain_url(parsed.set(database="postgres").render_as_string(False))
+        )
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
 async def create_key(url: str, app_id: str, kind: str = "secret", mode: str = "test") -> str:
     """Insert an API key directly (what ``seenn-server keys create`` does)."""
     from ulid import ULID

@@ -67,9 +67,7 @@ async def test_the_stream_counts_the_users_events_and_belongs_to_one_app_mode_an
     assert (await eventlog.stream_for(conn, other, "u1")).stream_id == eventlog.NO_STREAM
 
 
-async def test_a_page_is_the_events_after_and_up_to_in_order_within_the_limit(
-    api, conn, keys
-):
+async def test_a_page_is_the_events_after_and_up_to_in_order_within_the_limit(api, conn, keys):
     job = await create_job(api, userId="u1")
     for value in (10, 20, 30):
         await progress(api, job["id"], value)
@@ -205,27 +203,42 @@ async def private_conn(database_url: str) -> AsyncIterator[AsyncConnection]:
     await engine.dispose()
 
 
-async def test_pruning_deletes_a_batch_of_the_events_older_than_the_retention(private_conn):
+async def insert_events(conn: AsyncConnection, seconds_ago: list[float]) -> None:
     from sqlalchemy import text
 
-    hours_ago = [30, 29, 28, 2, 1]  # retention 24 h: the first three are due
-    for seq, hours in enumerate(hours_ago, start=1):
-        await private_conn.execute(
+    for seq, age in enumerate(seconds_ago, start=1):
+        await conn.execute(
             text(
                 "INSERT INTO events (stream_id, seq, job_id, event, payload, created_at)"
-                " VALUES (1, :seq, 'j', 'job.progress', '{}', now() - make_interval(hours => :h))"
+                " VALUES (1, :seq, 'j', 'job.progress', '{}',"
+                " now() - make_interval(secs => :age))"
             ),
-            {"seq": seq, "h": hours},
+            {"seq": seq, "age": age},
         )
 
-    async def left() -> list[int]:
-        rows = await private_conn.execute(text("SELECT seq FROM events ORDER BY seq"))
-        return [r[0] for r in rows]
+
+async def seqs_left(conn: AsyncConnection) -> list[int]:
+    from sqlalchemy import text
+
+    return [r[0] for r in await conn.execute(text("SELECT seq FROM events ORDER BY seq"))]
+
+
+async def test_pruning_deletes_a_batch_of_the_events_older_than_the_retention(private_conn):
+    hours_ago = [30, 29, 28, 2, 1]  # retention 24 h: the first three are due
+    await insert_events(private_conn, [h * 3600 for h in hours_ago])
 
     assert await eventlog.prune_batch(private_conn, 24, 2) == 2
-    assert len(await left()) == 3 and (await left())[-2:] == [4, 5]
+    left = await seqs_left(private_conn)
+    assert len(left) == 3 and left[-2:] == [4, 5]
     assert await eventlog.prune_batch(private_conn, 24, 2) == 1
-    assert await left() == [4, 5]
+    assert await seqs_left(private_conn) == [4, 5]
     assert await eventlog.prune_batch(private_conn, 24, 2) == 0
     assert await eventlog.prune_batch(private_conn, 1.5, 10) == 1  # fractional hours count
-    assert await left() == [5]
+    assert await seqs_left(private_conn) == [5]
+
+
+async def test_the_retention_is_exact_to_the_second(private_conn):
+    # 10 h is 36 000 s: 5 s either side of it (the slack for the time this test takes).
+    await insert_events(private_conn, [36_005, 35_995])
+    assert await eventlog.prune_batch(private_conn, 10, 10) == 1
+    assert await seqs_left(private_conn) == [2]

@@ -141,7 +141,8 @@ async def test_get_with_children_orders_by_child_index(client):
 
 async def test_children_of_a_plain_job_is_invalid_parent(client):
     job = await create_job(client)
-    assert_error(await client.get(f"/jobs/{job['id']}/children"), 400, "INVALID_PARENT")
+    error = assert_error(await client.get(f"/jobs/{job['id']}/children"), 400, "INVALID_PARENT")
+    assert error["details"] == {"id": job["id"]}
 
 
 async def test_child_rules(client):
