@@ -282,3 +282,20 @@ async def test_responses_are_json_even_for_server_side_routes(server):
         response = await raw.get("/v1/jobs/01HXYZ123456789ABCDEFGHJKM")
         assert response.headers["content-type"].startswith("application/json")
         assert_error(response, 401, "UNAUTHORIZED")
+
+
+async def test_a_token_for_some_jobs_lists_only_those_and_their_children(client):
+    listed = await create_job(client, userId="u_scoped")
+    parent = await create_job(client, userId="u_scoped", totalChildren=1)
+    body = {"jobType": "t", "userId": "u_scoped", "title": "c", "parentJobId": parent["id"]}
+    child = await create_job(client, **body, childIndex=0)
+    await create_job(client, userId="u_scoped")  # not in the token
+    minted = await client.post(
+        "/tokens", json={"userId": "u_scoped", "jobIds": [listed["id"], parent["id"]]}
+    )
+    assert minted.status_code == 200, minted.text
+    bearer = {"Authorization": f"Bearer {minted.json()['token']}"}
+    page = await client.get("/jobs", params={"userId": "u_scoped"}, headers=bearer)
+    assert page.status_code == 200, page.text
+    assert [j["id"] for j in page.json()["jobs"]] == [child["id"], parent["id"], listed["id"]]
+    assert "nextCursor" not in page.json()

@@ -35,7 +35,7 @@ T = TypeVar("T")
 NO_STREAM = 0  # the group of subscribers whose user has no stream yet
 
 
-def plain_url(url: str) -> str:
+def plain_url(url: str) -> str:  # pragma: no mutate block (see docs/mutation.md)
     """A libpq-style URL for asyncpg (drops a SQLAlchemy ``+driver`` suffix)."""
     scheme, sep, rest = url.partition("://")
     return scheme.split("+", 1)[0] + sep + rest
@@ -196,7 +196,7 @@ class Subscriber:
                 self._waiter = None
 
 
-class Hub:
+class Hub:  # pragma: no mutate block (served streams only: see docs/mutation.md)
     """Reads new events for the streams that have subscribers here and fans them out."""
 
     def __init__(
@@ -438,7 +438,7 @@ class Hub:
             delay = min(delay * 2, 10)
 
 
-class PgNotifier:
+class PgNotifier:  # pragma: no mutate block (see docs/mutation.md)
     """Coalesces after-commit ``(stream, seq)`` pairs into at most one NOTIFY per ``window``.
 
     The payload names each stream with its newest seq (``stream:seq,...``), so a replica
