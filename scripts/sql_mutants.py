@@ -139,7 +139,7 @@ def run(mutant: Mutant) -> bool:
             [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
             + list(MODULES[mutant.path]),
             cwd=ROOT,
-            env={**os.environ, "SEENN_TEST_IN_PROCESS": "1"},
+            env={**os.environ, "SEENN_TEST_IN_PROCESS": "1", "SEENN_TEST_NO_SERVER_PROCESS": "1"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -131,6 +131,13 @@ async def test_a_full_subscriber_buffer_is_dropped_once_and_rearmed() -> None:
     assert sub.overflowed and sub.empty()
 
 
+async def test_the_byte_limit_alone_drops_a_buffer_far_from_its_count_limit() -> None:
+    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=10, max_bytes=100)
+    sub.offer(1, b"a" * 60)
+    sub.offer(2, b"b" * 50)  # 110 bytes in 2 of 10 places: over the byte limit
+    assert sub.overflowed and sub.empty() and sub.size == 0
+
+
 async def test_goodbyes_and_heartbeats() -> None:
     sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
     sub.beat()
