@@ -242,3 +242,39 @@ async def test_the_retention_is_exact_to_the_second(private_conn):
     await insert_events(private_conn, [36_005, 35_995])
     assert await eventlog.prune_batch(private_conn, 10, 10) == 1
     assert await seqs_left(private_conn) == [2]
+
+
+async def test_sync_puts_the_named_parent_before_its_children_and_unfinished_before_ended(
+    api, conn, keys
+):
+    parent = await create_parent(api, 2, userId="u1")
+    kids = [await create_child(api, parent, i) for i in range(2)]
+    me = owner(keys)
+    assert await eventlog.sync_ids(conn, me, "u1", parent["id"], now(), now(), 1) == [parent["id"]]
+    # A job still running outranks a newer one that ended inside the window.
+    await progress(api, kids[0]["id"], 10)
+    ended = await create_job(api, userId="u2")
+    running = await create_job(api, userId="u2")
+    await complete(api, ended["id"])
+    newer_ended = await create_job(api, userId="u2")
+    await complete(api, newer_ended["id"])
+    earlier = now() - timedelta(minutes=5)
+    assert await eventlog.sync_ids(conn, me, "u2", None, now(), earlier, 1) == [running["id"]]
+
+
+async def test_the_sync_window_and_the_expiry_are_exact(api, conn, keys, db):
+    done = await create_job(api, userId="u1")
+    await complete(api, done["id"])
+    row = await db.fetchrow("SELECT completed_at, expires_at FROM jobs WHERE id = $1", done["id"])
+    me = owner(keys)
+    # Ended exactly at ``since``: still in the window.
+    at_since = await eventlog.sync_ids(conn, me, "u1", None, now(), row["completed_at"], 100)
+    assert at_since == [done["id"]]
+    # At its expiry instant a job is gone, for job.sync and for the rows it reads.
+    expiry = row["expires_at"]
+    early = row["completed_at"]
+    assert await eventlog.sync_ids(conn, me, "u1", None, expiry, early, 100) == []
+    assert await eventlog.jobs_by_id(conn, me, [done["id"]], expiry) == []
+    just_before = expiry - timedelta(milliseconds=1)
+    assert await eventlog.sync_ids(conn, me, "u1", None, just_before, early, 100) == [done["id"]]
+    assert len(await eventlog.jobs_by_id(conn, me, [done["id"]], just_before)) == 1
