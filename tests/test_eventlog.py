@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import eventlog
 from app.db.engine import create_engine
@@ -190,17 +190,22 @@ async def test_sync_and_job_reads_see_only_the_owners_unexpired_jobs(api, conn, 
 
 
 @pytest.fixture
-async def private_conn(database_url: str) -> AsyncIterator[AsyncConnection]:
-    """A connection to a database of this test alone: pruning is database-wide."""
+async def private_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a database of this test alone: pruning is database-wide."""
     import asyncio
 
     url = await asyncio.to_thread(create_database, database_url, "seenn_prune")
     await asyncio.to_thread(upgrade, url)
     engine = create_engine(url, Settings(database_url=url))
-    async with engine.connect() as c:
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def private_conn(private_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with private_engine.connect() as c:
         await c.execution_options(isolation_level="AUTOCOMMIT")
         yield c
-    await engine.dispose()
 
 
 async def insert_events(conn: AsyncConnection, seconds_ago: list[float]) -> None:
@@ -235,6 +240,15 @@ async def test_pruning_deletes_a_batch_of_the_events_older_than_the_retention(pr
     assert await eventlog.prune_batch(private_conn, 24, 2) == 0
     assert await eventlog.prune_batch(private_conn, 1.5, 10) == 1  # fractional hours count
     assert await seqs_left(private_conn) == [5]
+
+
+async def test_an_event_exactly_as_old_as_the_retention_is_kept(private_engine):
+    # In one transaction now() stands still: the event is exactly 10 h old when pruned.
+    async with private_engine.connect() as conn:
+        await insert_events(conn, [36_000, 36_000.001])
+        assert await eventlog.prune_batch(conn, 10, 10) == 1
+        assert await seqs_left(conn) == [1]
+        await conn.rollback()
 
 
 async def test_the_retention_is_exact_to_the_second(private_conn):

@@ -320,3 +320,79 @@ async def test_gets_ignore_the_header(client: httpx.AsyncClient, keys: AppKeys) 
         response = await client.get(f"/jobs/{job['id']}", headers={"Idempotency-Key": "g"})
         assert response.status_code == 200
         assert "Idempotent-Replayed" not in response.headers
+
+
+# --- the records themselves (app/db/idempotency_repository.py), on the real database --------
+
+
+async def test_a_record_binds_its_key_up_to_and_including_the_cutoff_instant(
+    database_url, keys, db
+):
+    from datetime import UTC, datetime, timedelta
+
+    from app.db.engine import create_engine
+    from app.db.idempotency_repository import IdempotencyRepository
+    from app.db.repository import Owner
+    from app.settings import Settings
+
+    owner = Owner(keys.app_id, "test")
+    key, first, second = new_key(), b"1" * 32, b"2" * 32
+    t0 = datetime.now(UTC)
+    engine = create_engine(database_url, Settings(database_url=database_url))
+    try:
+        async with engine.begin() as conn:
+            assert await IdempotencyRepository(conn).claim(owner, key, first, t0, t0) is None
+            await IdempotencyRepository(conn).record(owner, key, 201, b'{"id":"a"}')
+        async with engine.begin() as conn:
+            # Created exactly at the cutoff: not older than the retention, still bound.
+            stored = await IdempotencyRepository(conn).claim(owner, key, second, t0, t0)
+            assert stored is not None
+            assert (stored.request_hash, stored.status_code, stored.body) == (
+                first,
+                201,
+                b'{"id":"a"}',
+            )
+        async with engine.begin() as conn:
+            # A microsecond later it has expired: the key is taken over, reset to unfinished.
+            later = t0 + timedelta(microseconds=1)
+            assert await IdempotencyRepository(conn).claim(owner, key, second, later, later) is None
+        found = await db.fetch(
+            "SELECT request_hash, status_code FROM idempotency_keys WHERE app_id = $1 AND key = $2",
+            keys.app_id,
+            key,
+        )
+        assert [tuple(r) for r in found] == [(second, 0)]
+    finally:
+        await engine.dispose()
+
+
+async def test_recording_a_response_touches_only_its_own_key_app_and_mode(database_url, keys):
+    from datetime import UTC, datetime
+
+    from app.db.engine import create_engine
+    from app.db.idempotency_repository import IdempotencyRepository
+    from app.db.repository import Owner
+    from app.settings import Settings
+
+    other = await make_app(database_url)
+    key, sibling = new_key(), new_key()
+    claims = [
+        (Owner(keys.app_id, "test"), key),
+        (Owner(keys.app_id, "test"), sibling),  # same app and mode, another key
+        (Owner(keys.app_id, "live"), key),  # same app and key, the other mode
+        (Owner(other.app_id, "test"), key),  # same key and mode, another app
+    ]
+    now = datetime.now(UTC)
+    engine = create_engine(database_url, Settings(database_url=database_url))
+    try:
+        async with engine.begin() as conn:
+            repo = IdempotencyRepository(conn)
+            for owner, k in claims:
+                assert await repo.claim(owner, k, b"h" * 32, now, now) is None
+            await repo.record(claims[0][0], key, 200, b"{}")
+        async with engine.begin() as conn:
+            repo = IdempotencyRepository(conn)
+            codes = [(await repo.claim(o, k, b"h" * 32, now, now)).status_code for o, k in claims]
+        assert codes == [200, 0, 0, 0]
+    finally:
+        await engine.dispose()
