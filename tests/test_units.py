@@ -216,6 +216,27 @@ async def test_a_waiting_stream_gets_every_new_event_in_one_write_each_its_own_c
     assert frame(b"abc") == b"3\r\nabc\r\n"
 
 
+async def test_a_direct_write_of_several_events_moves_sent_to_the_last() -> None:
+    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
+    sub.wire = _FakeWire()
+    waiting = asyncio.create_task(sub.wait(direct=True))
+    await asyncio.sleep(0)
+    assert sub.deliver(_events(1, 2, 3), None, 1.0) == 3
+    assert sub.sent == 3
+    sub.stop()
+    await asyncio.wait_for(waiting, 10)
+
+
+async def test_a_stream_that_waits_without_direct_gets_everything_through_its_buffer() -> None:
+    sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
+    sub.wire = _FakeWire()
+    waiting = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0)
+    assert not sub.idle and sub.deliver(_events(1), None, 1.0) == 0
+    await asyncio.wait_for(waiting, 10)
+    assert sub.pop() == (1, b"id: 1\n\n") and sub.wire.writes == []
+
+
 async def test_a_stream_under_back_pressure_or_busy_gets_events_through_its_buffer() -> None:
     sub = Subscriber(stream_id=1, floor=0, job_id=None, maxsize=5)
     wire = _FakeWire()
