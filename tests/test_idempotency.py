@@ -139,6 +139,7 @@ async def test_same_key_with_a_different_body_is_409_and_changes_nothing(
     reused = await post(client, "/jobs", {**BODY, "title": "Another"}, key)
     error = assert_error(reused, 409, "IDEMPOTENCY_KEY_REUSED")
     assert error["details"] == {"idempotencyKey": key}
+    assert error["message"] == "This Idempotency-Key was already used for a different request"
     other_path = await post(client, f"/jobs/{first.json()['id']}/progress", {"progress": 5}, key)
     assert_error(other_path, 409, "IDEMPOTENCY_KEY_REUSED")
     assert await job_count(db, keys.app_id) == 1
@@ -396,3 +397,31 @@ async def test_recording_a_response_touches_only_its_own_key_app_and_mode(databa
         assert codes == [200, 0, 0, 0]
     finally:
         await engine.dispose()
+
+
+async def test_a_record_left_unfinished_answers_409_in_use_and_changes_nothing(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection, database_url: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from app.db.engine import create_engine
+    from app.db.idempotency_repository import IdempotencyRepository
+    from app.db.repository import Owner
+    from app.settings import Settings
+
+    key = new_key()
+    digest = request_hash("POST", "/v1/jobs", orjson.dumps(BODY))
+    engine = create_engine(database_url, Settings(database_url=database_url))
+    try:
+        async with engine.begin() as conn:  # claimed, and committed with no response
+            now = datetime.now(UTC)
+            claimed = await IdempotencyRepository(conn).claim(
+                Owner(keys.app_id, "test"), key, digest, now, now
+            )
+            assert claimed is None
+    finally:
+        await engine.dispose()
+    error = assert_error(await post(client, "/jobs", BODY, key), 409, "IDEMPOTENCY_KEY_IN_USE")
+    assert error["details"] == {"idempotencyKey": key}
+    assert error["message"] == "The first request with this Idempotency-Key has not finished"
+    assert await job_count(db, keys.app_id) == 0
