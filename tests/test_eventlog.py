@@ -20,6 +20,7 @@ from app.settings import Settings
 from tests.conftest import AppKeys
 from tests.harness import create_database
 from tests.helpers import complete, create_child, create_job, create_parent, fail, progress
+from tests.oracle import parent_state
 
 
 @pytest.fixture
@@ -292,3 +293,74 @@ async def test_the_sync_window_and_the_expiry_are_exact(api, conn, keys, db):
     just_before = expiry - timedelta(milliseconds=1)
     assert await eventlog.sync_ids(conn, me, "u1", None, just_before, early, 100) == [done["id"]]
     assert len(await eventlog.jobs_by_id(conn, me, [done["id"]], just_before)) == 1
+
+
+async def test_a_familys_writes_append_these_events_in_this_order(api, conn, keys):
+    """Every write's events as the log stores them (what SSE replays): the child's own
+    event, then ``child.progress`` and ``parent.updated`` about the parent (its state from
+    the independent oracle), then the parent's terminal event when it ends."""
+    parent = await create_parent(api, 2, userId="u1")
+    c0 = await create_child(api, parent, 0)
+    c1 = await create_child(api, parent, 1)
+    await progress(api, c0["id"], 40)
+    await complete(api, c0["id"])
+    await fail(api, c1["id"])
+    other = await create_parent(api, 2, userId="u1")
+    d0 = await create_child(api, other, 0)
+    await progress(api, d0["id"], 10)
+    cancelled = await api.post(f"/jobs/{other['id']}/cancel", json={"reason": "stop"})
+    assert cancelled.status_code == 200, cancelled.text
+    name = {parent["id"]: "P", c0["id"]: "C0", c1["id"]: "C1", other["id"]: "Q", d0["id"]: "D0"}
+    sid = (await eventlog.stream_for(conn, owner(keys), "u1")).stream_id
+    rows = await eventlog.page(conn, sid, 0, 1000, 1000)
+    got = [(r["event"], name[r["job_id"]], name.get(r["parent_id"])) for r in rows]
+    assert got == [
+        ("job.started", "P", None),
+        ("job.started", "C0", "P"),
+        ("job.started", "C1", "P"),
+        ("job.progress", "C0", "P"),
+        ("child.progress", "P", None),
+        ("parent.updated", "P", None),
+        ("job.completed", "C0", "P"),
+        ("child.progress", "P", None),
+        ("parent.updated", "P", None),
+        ("job.failed", "C1", "P"),
+        ("child.progress", "P", None),
+        ("parent.updated", "P", None),
+        ("job.completed", "P", None),
+        ("job.started", "Q", None),
+        ("job.started", "D0", "Q"),
+        ("job.progress", "D0", "Q"),
+        ("child.progress", "Q", None),
+        ("parent.updated", "Q", None),
+        ("job.cancelled", "D0", "Q"),
+        ("job.cancelled", "Q", None),
+    ]
+    payloads = [json.loads(r["payload"]) for r in rows]
+    # child.progress: the parent's view, keyed by the parent, with the child that moved.
+    children_then = [
+        [("running", 40), ("pending", 0)],
+        [("completed", 100), ("pending", 0)],
+        [("completed", 100), ("failed", 0)],
+    ]
+    moved = [(c0, "running", 40), (c0, "completed", 100), (c1, "failed", 0)]
+    for seq, children, (child, status, value) in zip((5, 8, 11), children_then, moved, strict=True):
+        expected = parent_state("average", 2, children)
+        for payload in (payloads[seq - 1], payloads[seq]):  # child.progress, parent.updated
+            assert payload["id"] == parent["id"]
+            assert (payload["status"], payload["progress"]) == (
+                expected["status"],
+                expected["progress"],
+            )
+            assert payload["children"] == expected["children"]
+        assert payloads[seq - 1]["parentJobId"] == parent["id"]
+        assert payloads[seq - 1]["child"] == {
+            "id": child["id"],
+            "childIndex": child["parent"]["childIndex"],
+            "status": status,
+            "progress": value,
+        }
+        assert "child" not in payloads[seq] and "parentJobId" not in payloads[seq]
+    assert payloads[12]["status"] == "completed" and payloads[12]["progress"] == 50
+    assert [payloads[i]["status"] for i in (18, 19)] == ["cancelled", "cancelled"]
+    assert payloads[19]["message"] == "stop" and payloads[18]["progress"] == 10
