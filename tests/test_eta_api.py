@@ -325,6 +325,10 @@ async def test_a_batchs_parent_and_children_of_one_type_keep_separate_statistics
     assert parent["etaBasedOn"] == 5
     assert _eta_seconds(child, "createdAt") == pytest.approx(200, rel=0.2)
     assert child["etaBasedOn"] == 10
+    # As its children move, the parent's estimate still draws on the parents' history.
+    await set_progress(client, child["id"], 50)
+    moved = (await client.get(f"/jobs/{parent['id']}")).json()
+    assert moved["progress"] == 25 and moved["etaBasedOn"] == 5
     # Resetting one leaves the other.
     assert (await client.delete("/eta/render%23parent")).json()["deleted"] is True
     assert (await stats_of(client, "render")).json()["count"] == 10
