@@ -148,34 +148,47 @@ async def test_children_of_a_plain_job_is_invalid_parent(client):
 async def test_child_rules(client):
     parent = await create_parent(client, 2)
     plain = await create_job(client)
-    assert_error(
-        await post_child(client, plain["id"], 0, parent["userId"]),
-        400,
-        "INVALID_PARENT",
-    )
-    assert_error(
-        await post_child(client, "01HXYZ123456789ABCDEFGHJKM", 0, parent["userId"]),
-        400,
-        "INVALID_PARENT",
-    )
-    assert_error(
+    for not_a_parent in (plain["id"], "01HXYZ123456789ABCDEFGHJKM"):
+        error = assert_error(
+            await post_child(client, not_a_parent, 0, parent["userId"]),
+            400,
+            "INVALID_PARENT",
+        )
+        assert error["details"] == {"parentJobId": not_a_parent}
+        assert error["message"] == f"Parent job {not_a_parent} does not exist or is not a parent"
+    error = assert_error(
         await post_child(client, parent["id"], 0, "other-user"),
         400,
         "INVALID_PARENT",
     )
+    assert error["details"] == {"parentJobId": parent["id"], "userId": "other-user"}
+    assert error["message"] == "A child's userId must equal its parent's"
     error = assert_error(
         await post_child(client, parent["id"], 2, parent["userId"]),
         400,
         "INVALID_CHILD_INDEX",
     )
-    assert error["details"]["totalChildren"] == 2
+    assert error["details"] == {"childIndex": 2, "totalChildren": 2}
     first = await create_child(client, parent, 1)
     error = assert_error(
         await post_child(client, parent["id"], 1, parent["userId"]),
         409,
         "DUPLICATE_CHILD_INDEX",
     )
-    assert error["details"]["existingJobId"] == first["id"]
+    assert error["details"] == {
+        "parentJobId": parent["id"],
+        "childIndex": 1,
+        "existingJobId": first["id"],
+    }
+    # A parent that has ended takes no new child.
+    cancelled = await client.post(f"/jobs/{parent['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    error = assert_error(
+        await post_child(client, parent["id"], 0, parent["userId"]),
+        400,
+        "INVALID_JOB_STATE",
+    )
+    assert error["details"] == {"id": parent["id"], "status": "cancelled"}
 
 
 @pytest.mark.parametrize("action", ["progress", "complete", "fail"])
