@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from app.api.idempotency import _KEY_RE, request_hash
-from app.domain.keys import KEY_RE, Principal, generate_key, hash_key, key_hint
+from app.domain.keys import KEY_RE, KeyCache, Principal, generate_key, hash_key, key_hint
 from app.realtime.hub import HEARTBEAT, Event, Subscriber, encode, frame
 
 BODY = b'{"b": 1, "a": [1, 2]}'
@@ -259,3 +259,21 @@ async def test_a_stream_under_back_pressure_or_busy_gets_events_through_its_buff
     await asyncio.sleep(0)
     assert not plain.idle and plain.deliver(_events(1), None, 1.0) == 0
     await asyncio.wait_for(waiting, 10)
+
+
+def test_the_key_cache_keeps_a_lookup_for_its_ttl_and_stays_bounded() -> None:
+    import time
+
+    alice = Principal("k1", "app", "test", "secret")
+    cache = KeyCache(ttl=600, max_entries=2)
+    assert cache.get(b"a") == (False, None)
+    cache.put(b"a", alice)
+    cache.put(b"unknown", None)  # a miss is cached too
+    assert cache.get(b"a") == (True, alice) and cache.get(b"unknown") == (True, None)
+    cache.put(b"c", alice)  # full: emptied first, then stored
+    assert cache.get(b"a") == (False, None) and cache.get(b"c") == (True, alice)
+    cache._entries[b"old"] = (time.monotonic() - 1, alice)  # its ttl has passed
+    assert cache.get(b"old") == (False, None)
+    off = KeyCache(ttl=0)
+    off.put(b"a", alice)
+    assert off.get(b"a") == (False, None) and off._entries == {}
