@@ -121,7 +121,12 @@ async def test_fail_stores_error_and_retryable(client):
 
 async def test_fail_retryable_defaults_to_false(client):
     job = await create_job(client)
-    assert (await fail(client, job["id"]))["retryable"] is False
+    failed = await fail(client, job["id"])
+    assert failed["retryable"] is False
+    # Only what the worker sent: no null for the error's fields it left out.
+    assert failed["error"] == {"code": "BOOM", "message": "it broke"}
+    stored = (await client.get(f"/jobs/{job['id']}")).json()
+    assert stored["error"] == {"code": "BOOM", "message": "it broke"}
 
 
 async def test_every_write_to_a_terminal_job_is_invalid_job_state(client):

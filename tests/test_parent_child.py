@@ -100,6 +100,10 @@ async def test_sequential_mode_counts_completed_children(client):
     assert (await get(client, parent["id"]))["progress"] == 0
     await complete(client, kids[1]["id"])
     assert (await get(client, parent["id"]))["progress"] == 25
+    # Cancelled, it keeps counting its way: 1 of 4 completed, whatever the others did.
+    cancelled = await client.post(f"/jobs/{parent['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["progress"] == 25 and cancelled.json()["status"] == "cancelled"
 
 
 async def test_uncreated_children_count_as_pending_zero(client):
