@@ -209,3 +209,17 @@ async def test_cancelling_a_parent_ends_its_childrens_live_activities(
     assert [(r["kind"], r["event"]) for r in rows] == [("liveactivity", "end")]
     assert json.loads(rows[0]["payload"])["aps"]["content-state"]["status"] == "cancelled"
     assert await outbox(db, other["id"]) == []
+
+
+@pytest.mark.parametrize("finish", ["fail", "cancel"])
+async def test_failing_or_cancelling_with_push_queues_what_it_asks_for(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection, finish: str
+) -> None:
+    job = await registered_job(client, keys)
+    body: dict[str, Any] = {"push": {"alert": {"title": "Stopped", "body": "no"}}}
+    if finish == "fail":
+        body["error"] = {"code": "X", "message": "y"}
+    response = await client.post(f"/jobs/{job['id']}/{finish}", json=body)
+    assert response.status_code == 200, response.text
+    kinds = sorted((r["kind"], r["event"]) for r in await outbox(db, job["id"]))
+    assert kinds == [("alert", None), ("background", None), ("liveactivity", "end")]
