@@ -142,7 +142,8 @@ async def test_every_write_to_a_terminal_job_is_invalid_job_state(client):
         ):
             response = await client.post(f"/jobs/{job['id']}/{action}", json=payload)
             error = assert_error(response, 400, "INVALID_JOB_STATE")
-            assert error["details"]["id"] == job["id"]
+            ended = {"complete": "completed", "fail": "failed", "cancel": "cancelled"}[finish]
+            assert error["details"] == {"id": job["id"], "status": ended}
         assert (await client.get(f"/jobs/{job['id']}")).json()["status"] != "running"
 
 

@@ -200,7 +200,8 @@ async def test_parent_state_follows_children_only(client, action):
     parent = await create_parent(client, 2)
     body = {"progress": 5, "error": {"code": "X", "message": "y"}}
     response = await client.post(f"/jobs/{parent['id']}/{action}", json=body)
-    assert_error(response, 400, "INVALID_JOB_STATE")
+    error = assert_error(response, 400, "INVALID_JOB_STATE")
+    assert error["details"] == {"id": parent["id"], "status": "pending"}
 
 
 async def test_cancel_parent_cascades_to_unfinished_children(client):
