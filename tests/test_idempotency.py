@@ -425,3 +425,12 @@ async def test_a_record_left_unfinished_answers_409_in_use_and_changes_nothing(
     assert error["details"] == {"idempotencyKey": key}
     assert error["message"] == "The first request with this Idempotency-Key has not finished"
     assert await job_count(db, keys.app_id) == 0
+
+
+async def test_a_key_too_long_is_a_validation_error_naming_the_header(
+    client: httpx.AsyncClient,
+) -> None:
+    error = assert_error(await post(client, "/jobs", BODY, "k" * 256), 400, "VALIDATION_ERROR")
+    message = "Idempotency-Key must be 1 to 255 printable ASCII characters"
+    assert error["message"] == message
+    assert error["details"] == {"errors": [{"field": "Idempotency-Key", "message": message}]}
