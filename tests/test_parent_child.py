@@ -106,6 +106,15 @@ async def test_sequential_mode_counts_completed_children(client):
     assert cancelled.json()["progress"] == 25 and cancelled.json()["status"] == "cancelled"
 
 
+async def test_a_cancelled_average_parent_keeps_the_average_of_its_children(client):
+    parent = await create_parent(client, 2)
+    child = await create_child(client, parent, 0)
+    await progress(client, child["id"], 40)
+    cancelled = await client.post(f"/jobs/{parent['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["progress"] == 20  # round(40 / 2): the cancelled child keeps 40
+
+
 async def test_uncreated_children_count_as_pending_zero(client):
     parent = await create_parent(client, 4)
     child = await create_child(client, parent, 0)
