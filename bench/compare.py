@@ -91,7 +91,7 @@ def no_flush_batch(
     a setting to run with): what remains is everything but the flush waits."""
     import asyncpg
 
-    from tests.harness import start_server
+    from tests.support.harness import start_server
 
     async def set_flush(on: bool) -> None:
         conn = await asyncpg.connect(dsn)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compare")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    from tests.harness import create_key, provision_database, start_server
+    from tests.support.harness import create_key, provision_database, start_server
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="seenn-compare-") as tmp:

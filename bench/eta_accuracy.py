@@ -840,7 +840,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     held_out = [int(s) for s in args.held_out.split(",") if s.strip()]
-    from tests.harness import provision_database
+    from tests.support.harness import provision_database
 
     with tempfile.TemporaryDirectory() as tmp:
         url, handle = provision_database(Path(tmp))

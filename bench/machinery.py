@@ -126,7 +126,7 @@ async def measure(url: str, key: str, requests: int, rounds: int) -> dict[str, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.harness import create_key, provision_database
+    from tests.support.harness import create_key, provision_database
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)

@@ -101,7 +101,7 @@ class Interactive:
 
 def start_echo(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """The bare echo app on the server's uvicorn settings (auto loop/http, 1 worker)."""
-    from tests.harness import free_port
+    from tests.support.harness import free_port
 
     port = free_port()
     proc = subprocess.Popen(

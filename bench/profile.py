@@ -246,7 +246,7 @@ def _short(frame: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.harness import create_key, provision_database, start_server
+    from tests.support.harness import create_key, provision_database, start_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)

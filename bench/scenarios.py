@@ -202,7 +202,7 @@ class Bench:
         return result
 
     def setup(self) -> None:
-        from tests.harness import create_key, provision_database, start_server
+        from tests.support.harness import create_key, provision_database, start_server
 
         log(f"provisioning PostgreSQL in {self.workdir}")
         self.database_url, self._pg_handle = provision_database(self.workdir)
@@ -387,7 +387,7 @@ class Bench:
 
     def workers(self) -> None:
         """Progress throughput of ``serve --workers 2`` vs the one-worker server, same run."""
-        from tests.harness import start_server
+        from tests.support.harness import start_server
 
         c = max(self.sizes.concurrencies)
         ids = create_jobs(self.base, self.key, [f"wk{i}" for i in range(c * 2)], 1)
@@ -435,7 +435,7 @@ class Bench:
                     continue  # identical to same_user with one subscriber
                 rows.append(self._sse_run(n, shape, rate))
         # A second replica: subscribers there, writes here (the cross-replica wake-up path).
-        from tests.harness import start_server
+        from tests.support.harness import start_server
 
         self.replica = start_server(self.database_url, self.workdir / "logs", env=SERVER_ENV)
         try:
@@ -561,7 +561,7 @@ class Bench:
         A fresh process, so that memory freed by the earlier scenarios does not absorb the
         first connections and flatten the slope.
         """
-        from tests.harness import start_server
+        from tests.support.harness import start_server
 
         server = start_server(self.database_url, self.workdir / "logs", env=SERVER_ENV)
         pid = server.process.pid

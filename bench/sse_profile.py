@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from app.realtime.hub import plain_url
-    from tests.harness import create_key, provision_database, start_server
+    from tests.support.harness import create_key, provision_database, start_server
 
     revs: list[str | None] = list(args.revs) if args.revs else [None]
     rows: list[dict[str, Any]] = []

@@ -37,35 +37,35 @@ MUTANTS = [
         "app/db/idempotency_repository.py",
         'params = {"app_id": owner.app_id, "mode": owner.mode, "key": key}',
         'params = {"app_id": "*", "mode": owner.mode, "key": key}',
-        ("tests/test_idempotency.py", "-k", "another_app"),
+        ("tests/api/test_idempotency.py", "-k", "another_app"),
     ),
     Mutant(
         "idempotency-record-never-expires",
         "app/db/idempotency_repository.py",
         "WHERE k.created_at < :cutoff",
         "WHERE false",
-        ("tests/test_idempotency.py", "-k", "older_than"),
+        ("tests/api/test_idempotency.py", "-k", "older_than"),
     ),
     Mutant(
         "replay-parent-filter-null",  # audit row 2
         "app/db/eventlog.py",
         "payload->'parent'->>'parentJobId' AS parent_id\n    FROM events WHERE stream_id = :sid",
         "NULL AS parent_id\n    FROM events WHERE stream_id = :sid",
-        ("tests/test_sse_replay.py", "-k", "narrowed"),
+        ("tests/realtime/test_sse_replay.py", "-k", "narrowed"),
     ),
     Mutant(
         "resume-from-a-pruned-id-replays-with-a-gap",
         "app/api/sse.py",
         "resume = oldest is not None and oldest <= last_id + 1",
         "resume = oldest is not None and oldest <= last_id + 2",
-        ("tests/test_sse.py", "-k", "pruned_id"),
+        ("tests/realtime/test_sse.py", "-k", "pruned_id"),
     ),
     Mutant(
         "parent-eta-not-cleared",  # audit row 3
         "app/domain/service.py",
         'changes["completed_at"] = self.now\n            changes.update(NO_ETA)',
         'changes["completed_at"] = self.now\n            changes["estimated_completion_at"] = None',
-        ("tests/test_eta_api.py", "-k", "last_child"),
+        ("tests/api/test_eta_api.py", "-k", "last_child"),
     ),
     Mutant(
         "hub-poll-fallback-deleted",  # audit row 4
@@ -74,35 +74,35 @@ MUTANTS = [
         "                    await self._wake.wait()",
         "                async with asyncio.timeout(None):\n"
         "                    await self._wake.wait()",
-        ("tests/test_sse_replay.py", "-k", "lost"),
+        ("tests/realtime/test_sse_replay.py", "-k", "lost"),
     ),
     Mutant(
         "statement-timeout-hard-coded",  # audit row 5
         "app/db/engine.py",
         'server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)',
         'server_settings["statement_timeout"] = "15000"',
-        ("tests/test_db_outage.py", "-k", "statement_timeout"),
+        ("tests/db/test_db_outage.py", "-k", "statement_timeout"),
     ),
     Mutant(
         "pool-timeout-hard-coded",  # audit row 5
         "app/db/engine.py",
         "pool_timeout=settings.db_pool_timeout_seconds",
         "pool_timeout=10.0",
-        ("tests/test_db_outage.py", "-k", "exhausted"),
+        ("tests/db/test_db_outage.py", "-k", "exhausted"),
     ),
     Mutant(
         "auth-cache-never-expires",
         "app/domain/keys.py",
         "if hit is None or hit[0] < time.monotonic():",
         "if hit is None:",
-        ("tests/test_server_limits.py", "-k", "window"),
+        ("tests/api/test_server_limits.py", "-k", "window"),
     ),
     Mutant(
         "sse-per-key-cap-ignored",
         "app/realtime/connections.py",
         "if not at_user_cap and self._open.get(key_id, 0) >= self.max_per_key:",
         "if False:",
-        ("tests/test_server_limits.py", "-k", "per_key_cap"),
+        ("tests/api/test_server_limits.py", "-k", "per_key_cap"),
     ),
 ]
 

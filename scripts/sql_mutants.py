@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The modules and the tests that cover them (run in-process).
 MODULES = {
-    "app/db/eventlog.py": ("tests/test_eventlog.py",),
-    "app/db/idempotency_repository.py": ("tests/test_idempotency.py",),
+    "app/db/eventlog.py": ("tests/db/test_eventlog.py",),
+    "app/db/idempotency_repository.py": ("tests/api/test_idempotency.py",),
 }
 
 # (name, pattern, replacement): applied to one match at a time.

@@ -8,7 +8,7 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # docker-compose validates docker-compose.yml; --no-install-recommends keeps out docker.io.
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
-# PgBouncer in transaction mode (tests/test_pgbouncer.py starts its own).
+# PgBouncer in transaction mode (tests/db/test_pgbouncer.py starts its own).
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 # The dashboard's browser tests drive Debian's Chromium through Playwright (its own browser
 # download is not used).

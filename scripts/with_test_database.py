@@ -2,7 +2,7 @@
 
     python scripts/with_test_database.py COMMAND [ARG ...]
 
-Starts the server the tests would start (``tests.harness``), exports its URL as
+Starts the server the tests would start (``tests.support.harness``), exports its URL as
 ``SEENN_TEST_DATABASE_URL`` (each test session then creates its own database there, in a
 fraction of a second, instead of starting a server of its own), runs the command and stops
 the server. With ``SEENN_TEST_DATABASE_URL`` already set, that server is used. Each
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     os.environ["SEENN_TEST_DROP_DATABASE"] = "1"
     if os.environ.get("SEENN_TEST_DATABASE_URL"):
         return subprocess.call(argv)
-    from tests.harness import EmbeddedForTests
+    from tests.support.harness import EmbeddedForTests
 
     server = EmbeddedForTests(Path(tempfile.mkdtemp(prefix="seenn-mutation-")))
     try:

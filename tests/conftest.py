@@ -24,7 +24,7 @@ import pytest
 
 from app.db.engine import plain_url
 from app.settings import Settings
-from tests.harness import (
+from tests.support.harness import (
     ServerProcess,
     create_key,
     drop_database,
@@ -113,7 +113,7 @@ IN_PROCESS = os.environ.get("SEENN_TEST_IN_PROCESS") == "1"
 @pytest.fixture(scope="module")
 async def inprocess_app(database_url: str) -> AsyncIterator[object]:
     """The application in the test process, started (lifespan) on the session's database,
-    with the settings a test server gets (``tests.harness.start_server``). One per test
+    with the settings a test server gets (``tests.support.harness.start_server``). One per test
     module: its startup then counts for a test of each module in the mutation run's
     record of which tests run which code."""
     from app.main import create_app
