@@ -55,7 +55,7 @@ MUTANTS = [
     ),
     Mutant(
         "resume-from-a-pruned-id-replays-with-a-gap",
-        "app/api/sse.py",
+        "app/realtime/connect.py",
         "resume = oldest is not None and oldest <= last_id + 1",
         "resume = oldest is not None and oldest <= last_id + 2",
         ("tests/realtime/test_sse.py", "-k", "pruned_id"),
