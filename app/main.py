@@ -114,7 +114,10 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         state.sse_limiter = ConnectionLimiter(
             settings.sse_max_connections_per_key, settings.sse_max_connections_per_user
         )
-        state.background = start_background(engine, settings, state.metrics)
+        compaction_engine = create_engine(url, settings, pool_size=1)
+        state.background = start_background(
+            engine, settings, state.metrics, compaction_engine=compaction_engine
+        )
         state.unit_of_work = UnitOfWork(
             engine,
             AfterCommit(
@@ -131,6 +134,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             await state.background.stop()
             await state.dashboard_feed.close()
             await stop_realtime(realtime)
+            await compaction_engine.dispose()
             await engine.dispose()
 
     app = SeennApp(

@@ -54,9 +54,17 @@ class Background:
             await task.stop()
 
 
-def start_background(engine: AsyncEngine, settings: Settings, metrics: Metrics) -> Background:
+def start_background(
+    engine: AsyncEngine,
+    settings: Settings,
+    metrics: Metrics,
+    compaction_engine: AsyncEngine | None = None,
+) -> Background:
+    """Start every task. ``compaction_engine`` is ETA compaction's own small pool: under a
+    burst every connection of the main pool can be held by writers queued on one row, and
+    compaction waiting behind them lets pending samples pile up for every reader."""
     background = Background(
-        eta_compactor=EtaCompactor(engine),
+        eta_compactor=EtaCompactor(compaction_engine or engine),
         sweeper=sweeper(engine, settings),
         event_pruner=event_pruner(engine, settings),
         push_delivery=PushDelivery(engine, settings, metrics),

@@ -56,8 +56,9 @@ def _dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def create_engine(url: str, settings: Settings) -> AsyncEngine:
-    """The application's engine: a bounded pool whose waiters time out, no pre-ping.
+def create_engine(url: str, settings: Settings, pool_size: int | None = None) -> AsyncEngine:
+    """The application's engine: a bounded pool whose waiters time out, no pre-ping
+    (``pool_size`` overrides the setting, for a background task's own small pool).
 
     A dead pooled connection is found by the request that uses it (an error that
     invalidates the pool, answered 503, reads retried once); pinging on every checkout
@@ -78,8 +79,8 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
     engine = create_async_engine(
         async_url(url),
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        pool_size=settings.db_pool_size if pool_size is None else pool_size,
+        max_overflow=settings.db_max_overflow if pool_size is None else 0,
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_pre_ping=False,
         pool_recycle=1800,
