@@ -30,7 +30,7 @@ from app.domain.clock import now_ms
 from app.domain.commands import ULID_RE, CancelJob, is_identifier
 from app.domain.errors import DomainError, Forbidden, NotFound, Unauthorized, ValidationFailed
 from app.domain.service import JobService
-from app.domain.views import child_summary, event_view, iso, job_view
+from app.domain.views import JOB_FIELDS, child_summary, event_view, iso, job_view
 from app.realtime.hub import encode
 from app.state import app_state
 
@@ -111,7 +111,16 @@ def pretty(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
 
 
-templates.env.filters.update(relative=relative, exact=exact, duration=duration, pretty=pretty)
+def scalar(value: Any) -> str:
+    """A field's value as the wire spells it (``true``, not Python's ``True``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+templates.env.filters.update(
+    relative=relative, exact=exact, duration=duration, pretty=pretty, scalar=scalar
+)
 
 
 # --- plumbing ------------------------------------------------------------------------------
@@ -296,6 +305,7 @@ async def job_page(job_id: str, request: Request) -> Response:
         session,
         nav="jobs",
         job=job_view(job),
+        field_order=" ".join(JOB_FIELDS),
         children=children,
         events=[_event_row(e) for e in events],
         history_limit=HISTORY_LIMIT,

@@ -40,6 +40,15 @@ _OPTIONAL_TIMES = (
 )
 
 
+# Every name job_view can give, in the order it gives them (the event log stores payloads as
+# jsonb, which reorders keys; the dashboard puts a live job's fields back in this order).
+JOB_FIELDS = (
+    ("id", "appId", "userId", "jobType", "title", "status", "progress")
+    + tuple(name for name, _ in _OPTIONAL + _OPTIONAL_TIMES)
+    + ("createdAt", "updatedAt", "expiresAt", "parent", "children", "childProgressMode")
+)
+
+
 def counts_of(row: Mapping[str, Any]) -> ChildCounts:
     """The parent counters stored on a job row."""
     return ChildCounts(

@@ -260,6 +260,61 @@ async def test_a_job_page_shows_every_field_result_link_and_history(
         await context.close()
 
 
+async def details(page) -> dict[str, str]:
+    """What the job page shows beside the summary: the field list and the three cards."""
+    out = {"fields": await page.inner_text("#fields")}
+    for card in ("#result-card", "#error-card"):
+        out[card] = await page.inner_text(card) if await page.is_visible(card) else ""
+    out["metadata"] = (
+        await page.inner_text("#metadata") if await page.is_visible("#metadata") else ""
+    )
+    out["link"] = await page.get_attribute("#result-link", "href") or ""
+    return out
+
+
+async def test_a_job_pages_fields_result_and_error_follow_the_stream_as_a_reload_shows_them(
+    browser, server, keys: AppKeys, client: httpx.AsyncClient
+) -> None:
+    done = await create_job(client, title="Render", metadata={"scene": 7})
+    broken = await create_job(client, title="Encode")
+    context, page = await sign_in(browser, server, keys.secret)
+    try:
+        await page.goto(f"{server.url}/dashboard/jobs/{done['id']}")
+        await live(page)
+        assert not await page.is_visible("#result-card")
+        assert "completedAt" not in await page.inner_text("#fields")
+        url = "https://cdn.example.com/render.mp4"
+        await complete(client, done["id"], result={"url": url, "frames": 240}, message="Done")
+        await expect(page.locator("#result-link")).to_have_attribute("href", url, timeout=LIVE)
+        await expect(page.locator("#fields")).to_contain_text("completedAt", timeout=LIVE)
+        await expect(page.locator("#result")).to_contain_text('"frames": 240')
+        await assert_not_reloaded(page)
+        shown = await details(page)
+        await page.reload()
+        assert await details(page) == shown  # live, the page says what a fresh load says
+
+        await page.goto(f"{server.url}/dashboard/jobs/{broken['id']}")
+        await live(page)
+        assert not await page.is_visible("#error-card")
+        await fail(
+            client,
+            broken["id"],
+            error={"code": "CODEC", "message": "no such codec", "details": {"codec": "av2"}},
+            retryable=True,
+        )
+        await expect(page.locator("#error-card")).to_be_visible(timeout=LIVE)
+        await expect(page.locator("#error-code")).to_have_text("CODEC")
+        await expect(page.locator("#error-retryable")).to_be_visible()
+        await expect(page.locator("#error-details")).to_contain_text('"codec": "av2"')
+        await expect(page.locator("#no-metadata")).to_be_visible()
+        await assert_not_reloaded(page)
+        shown = await details(page)
+        await page.reload()
+        assert await details(page) == shown
+    finally:
+        await context.close()
+
+
 async def test_cancel_asks_for_confirmation_and_cancels(
     browser, server, keys: AppKeys, client: httpx.AsyncClient
 ) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from datetime import UTC, datetime
 
 import httpx
 
+from app.domain.views import JOB_FIELDS, job_view
 from tests.conftest import AppKeys
 from tests.support.harness import running_server
 from tests.support.helpers import assert_error, create_job
@@ -205,3 +207,43 @@ async def test_eta_page_keeps_a_batchs_parent_apart_from_its_children(
     }
     assert set(rows) == {"pdf", "pdf#parent"}
     assert "n=1" in rows["pdf"] and "n=1" in rows["pdf#parent"]
+
+
+def test_the_field_order_the_live_page_restores_is_the_one_job_view_gives() -> None:
+    """A row with every optional column set: job_view's keys come in JOB_FIELDS' order."""
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    row = {
+        "id": "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "app_id": "a",
+        "user_id": "u",
+        "job_type": "t",
+        "title": "T",
+        "status": "running",
+        "progress": 5,
+        "workflow_id": "w",
+        "message": "m",
+        "queue": {"position": 1},
+        "stage": {"name": "s"},
+        "result": {"r": 1},
+        "error": {"code": "E"},
+        "metadata": {"k": 1},
+        "retryable": True,
+        "eta_confidence": 0.5,
+        "eta_based_on": 3,
+        "estimated_completion_at": now,
+        "started_at": now,
+        "completed_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": now,
+        "parent_job_id": "01ARZ3NDEKTSV4RRFFQ69G5FAW",
+        "child_index": 0,
+        "total_children": 2,
+        "completed_children": 0,
+        "failed_children": 0,
+        "running_children": 1,
+        "cancelled_children": 0,
+        "child_progress_sum": 5,
+        "child_progress_mode": "average",
+    }
+    assert list(job_view(row)) == list(JOB_FIELDS)

@@ -202,10 +202,118 @@
     return row;
   }
 
+  // --- the job page's details: fields, result, error, metadata -----------------------------
+
+  // What the stream adds to a job's JSON; the page's field list shows the job itself.
+  var NOT_FIELDS = { metadata: true, result: true, error: true, jobId: true, parentJobId: true, child: true };
+
+  function sorted(value) {
+    if (Array.isArray(value)) return value.map(sorted);
+    if (value === null || typeof value !== "object") return value;
+    var out = {};
+    Object.keys(value).sort().forEach(function (k) { out[k] = sorted(value[k]); });
+    return out;
+  }
+
+  function pretty(value) { return JSON.stringify(sorted(value), null, 2); }
+
+  function fieldValue(dd, name, value) {
+    dd.textContent = "";
+    if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+      var code = document.createElement("code");
+      code.textContent = pretty(value);
+      dd.appendChild(code);
+    } else if (/At$/.test(name)) {
+      var time = document.createElement("time");
+      setTime(time, value);
+      var raw = document.createElement("span");
+      raw.className = "muted small";
+      raw.textContent = value;
+      dd.appendChild(time);
+      dd.appendChild(document.createTextNode(" "));
+      dd.appendChild(raw);
+    } else {
+      dd.textContent = String(value);
+    }
+  }
+
+  function fillFields(job) {
+    var list = document.getElementById("fields");
+    if (!list) return;
+    var seen = {}, previous = null;
+    var order = (list.dataset.order || "").split(" ");
+    function rank(name) { var i = order.indexOf(name); return i < 0 ? order.length : i; }
+    Object.keys(job).sort(function (a, b) { return rank(a) - rank(b); }).forEach(function (name) {
+      if (NOT_FIELDS[name]) return;
+      seen[name] = true;
+      var row = list.querySelector('[data-field="' + name + '"]');
+      if (!row) {
+        row = document.createElement("div");
+        row.dataset.field = name;
+        var dt = document.createElement("dt");
+        dt.textContent = name;
+        row.appendChild(dt);
+        row.appendChild(document.createElement("dd"));
+      }
+      var place = previous ? previous.nextSibling : list.firstChild;
+      if (place !== row) list.insertBefore(row, place);  // in the job's own order
+      var text = JSON.stringify(job[name]);
+      if (row.dataset.value !== text) {
+        row.dataset.value = text;
+        fieldValue(row.querySelector("dd"), name, job[name]);
+      }
+      previous = row;
+    });
+    list.querySelectorAll("[data-field]").forEach(function (row) {
+      if (!seen[row.dataset.field]) row.remove();
+    });
+  }
+
+  // Empty as the server's template sees it (Python's truthiness): nothing to show.
+  function empty(value) {
+    if (value == null || value === false || value === 0 || value === "") return true;
+    if (typeof value === "object") return Object.keys(value).length === 0;
+    return false;
+  }
+
+  function showJson(el, value) {
+    el.hidden = empty(value);
+    el.textContent = empty(value) ? "" : pretty(value);
+  }
+
+  function fillDetails(job) {
+    fillFields(job);
+    var result = job.result, error = job.error;
+    var resultCard = document.getElementById("result-card");
+    if (resultCard) {
+      resultCard.hidden = empty(result);
+      var link = document.getElementById("result-link");
+      var url = result && typeof result.url === "string" && result.url ? result.url : null;
+      link.parentNode.hidden = url == null;
+      link.href = url || "#";
+      link.textContent = url || "";
+      showJson(document.getElementById("result"), result);
+    }
+    var errorCard = document.getElementById("error-card");
+    if (errorCard) {
+      errorCard.hidden = empty(error);
+      document.getElementById("error-code").textContent = error ? error.code : "";
+      document.getElementById("error-message").textContent = error ? error.message : "";
+      document.getElementById("error-retryable").hidden = !job.retryable;
+      showJson(document.getElementById("error-details"), error ? error.details : null);
+    }
+    var metadata = document.getElementById("metadata");
+    if (metadata) {
+      showJson(metadata, job.metadata);
+      document.getElementById("no-metadata").hidden = !empty(job.metadata);
+    }
+  }
+
   function onJobEvent(name, job) {
     var me = body.dataset.job;
     if (job.jobId === me) {
       fill(document.getElementById("summary"), job);
+      fillDetails(job);
       if (job.children) setCounts(job.children);
       if (name === "child.progress" && job.child) {
         var childRow = rowFor(job.child.id);
