@@ -14,6 +14,9 @@ _DEAD_TYPES = (
     OSError,
     asyncpg.exceptions.InterfaceError,  # "connection is closed", "operation in progress"
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    # The protocol out of step with the server: a session's termination notice read while
+    # it was idle in the pool, before its socket's close ("another operation is in progress").
+    asyncpg.exceptions.InternalClientError,
 )
 _RETRYABLE_STATES = ("40P01", "40001")  # deadlock detected, serialization failure
 # SQLSTATE classes that mean "the database is not available right now": connection

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
-from app.db.driver import Driver
+from app.db.driver import Driver, Lease
 from app.db.tables import eta_samples, eta_stats, jobs
 
 Row = dict[str, Any]
@@ -284,9 +284,15 @@ class Repository:
     same pooled connection and transaction); the rare ones through SQLAlchemy.
     """
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
+    def __init__(self, conn: AsyncConnection | Lease) -> None:
+        self._source = conn
         self.driver = Driver(conn)
+
+    @property
+    def conn(self) -> AsyncConnection:
+        """The connection as SQLAlchemy's, for the statements that run through it."""
+        source = self._source
+        return source.conn if isinstance(source, Lease) else source
 
     # --- jobs -------------------------------------------------------------------------
 

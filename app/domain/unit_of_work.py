@@ -1,6 +1,7 @@
 """The unit of work: how every read and write of the API meets the database.
 
-- A read runs on a pooled connection in autocommit (no BEGIN/ROLLBACK round trips); one
+- A read runs on a pooled connection in autocommit (no BEGIN/ROLLBACK round trips), leased
+  from the pool without SQLAlchemy's ``Connection`` when one is idle (``app/db/driver.py``); one
   that finds its pooled connection dead (the database restarted) is retried once on a
   fresh connection: reads are idempotent, and the pool has been invalidated.
 - A write without an ``Idempotency-Key`` is first tried optimistically, as one statement
@@ -21,6 +22,7 @@ from typing import Protocol, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.driver import Lease
 from app.db.failures import is_retryable, is_unavailable, stale_connection
 from app.db.migrate import current_revision, head_revision
 from app.db.repository import Owner, Repository
@@ -89,9 +91,8 @@ class UnitOfWork:
     async def read(self, owner: Owner, action: Action[T]) -> T:
         for attempt in range(2):
             try:
-                async with self.engine.connect() as conn:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    return await action(JobService(Repository(conn), owner))
+                async with Lease(self.engine) as lease:
+                    return await action(JobService(Repository(lease), owner))
             except DBAPIError as exc:
                 if attempt or not stale_connection(exc):
                     raise
@@ -158,9 +159,8 @@ class UnitOfWork:
         for _ in range(_OPTIMISTIC_ATTEMPTS):
             flushing = False
             try:
-                async with self.engine.connect() as conn:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    service = JobService(Repository(conn), owner, optimistic=True)
+                async with Lease(self.engine) as lease:
+                    service = JobService(Repository(lease), owner, optimistic=True)
                     result = await action(service)
                     flushing = True
                     await service.flush_events()
