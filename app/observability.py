@@ -49,6 +49,7 @@ _CLIENT_GONE = 499  # nginx's code for "the client closed the connection before 
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_FANOUT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _EVENT_INSERT = re.compile(r"\bINSERT\s+INTO\s+events\b", re.IGNORECASE)
 
 access_log = logging.getLogger("seenn.access")
@@ -114,6 +115,26 @@ class Metrics:
             "Seconds from an event's write (its transaction's timestamp) until the realtime "
             "hub of this process read it for its subscribers.",
             buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.sse_fanout = Histogram(
+            "seenn_sse_fanout_seconds",
+            "Seconds from one log read's rows to the last direct write of its new events "
+            "to this process's waiting SSE streams (the fan-out of one read).",
+            buckets=_FANOUT_BUCKETS,
+            registry=r,
+        )
+        self.sse_wake_to_write = Histogram(
+            "seenn_sse_wake_to_write_seconds",
+            "Seconds from the first wake-up of this process's realtime hub with news (a local "
+            "commit or a NOTIFY) to the last direct write of that news to a waiting stream.",
+            buckets=_FANOUT_BUCKETS,
+            registry=r,
+        )
+        self.sse_events_queued = Counter(
+            "seenn_sse_events_queued",
+            "Live events the hub queued for a stream's own task (the stream was busy or its "
+            "connection under back-pressure) instead of writing them directly.",
             registry=r,
         )
         self.push_sent = Counter(

@@ -183,6 +183,12 @@ class Settings(BaseSettings):
         description="A write to an SSE client that makes no progress for this long cuts the "
         "stream (a client that stopped reading).",
     )
+    sse_direct_writes: bool = Field(
+        default=True,
+        description="Let the realtime hub write live events straight to a waiting stream's "
+        "connection (uvicorn's HTTP/1.1 connection); off, every message goes through the "
+        "ASGI `send` of the stream's own task (slower with many subscribers).",
+    )
     sse_retry_ms: int = Field(
         default=3000,
         ge=0,

@@ -9,6 +9,7 @@ on stdout. Modes:
 - ``batch``: the Node SDK's ``createBatch``: one parent, every child POST at once, one GET.
 - ``sse``: subscribers on ``GET /v1/sse``; prints ``ready`` once all are connected, records
   when each ``job.progress`` event arrives, and stops on a line ``stop`` on stdin.
+- ``sse_spread``: lean subscribers (``bench/sse_client.py``), one of several processes.
 - ``idle``: idle SSE connections opened on command (``open N``) for the memory scenario.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import orjson
 
 from bench.rawhttp import Connection
+from bench.sse_client import run_spread
 from bench.stats import summarize
 
 
@@ -408,7 +410,14 @@ async def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
     return {"opened": len(conns), "failed": {str(k): v for k, v in failed.items()}}
 
 
-MODES = {"http": run_http, "pg": run_pg, "batch": run_batch, "sse": run_sse, "idle": run_idle}
+MODES = {
+    "http": run_http,
+    "pg": run_pg,
+    "batch": run_batch,
+    "sse": run_sse,
+    "sse_spread": run_spread,
+    "idle": run_idle,
+}
 
 
 def main() -> None:

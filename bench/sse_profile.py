@@ -41,6 +41,7 @@ from bench.processes import (
 )
 from bench.profile import layer_shares, summarize_profile
 from bench.scenarios import create_jobs
+from bench.sse_client import Spread, scrape, server_side
 from bench.stats import percentile, slope
 
 
@@ -60,12 +61,22 @@ def run_once(
     seconds: float,
     tag: str,
     spy_to: Path | None = None,
+    client: str = "line",
+    processes: int = 4,
 ) -> dict[str, Any]:
+    """One run; ``client``: ``line`` (the one-process line reader of ``bench.loadgen``)
+    or ``spread`` (lean subscribers over ``processes`` processes, every one timed)."""
     user = f"prof_{tag}_u"
     ids = create_jobs(base, key, [user], 64)
-    sub = Interactive("sse", {"base": base, "key": key, "users": [user] * n})
+    users = [user] * n
+    spread = Spread(base, key, users, processes) if client == "spread" else None
+    sub = Interactive("sse", {"base": base, "key": key, "users": users}) if spread is None else None
+    client_pids = [p.proc.pid for p in spread.procs] if spread else [sub.proc.pid]  # type: ignore[union-attr]
     try:
-        sub.read_line(120)
+        if spread is not None:
+            spread.ready()
+        else:
+            sub.read_line(120)  # type: ignore[union-attr]
         spy = None
         if spy_to is not None:
             exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -80,9 +91,10 @@ def run_once(
             return {
                 "server": cpu_seconds(server_pid),
                 "postgres": _tree_cpu(pg),
-                "subscribers": cpu_seconds(sub.proc.pid),
+                "subscribers": sum(cpu_seconds(p) for p in client_pids),
             }
 
+        scraped = scrape(base)
         cpu0 = cpu()
         t0 = time.monotonic()
         writer = loadgen(
@@ -100,24 +112,42 @@ def run_once(
         )
         wall = time.monotonic() - t0
         cpu1 = cpu()
-        sub.send("stop")
-        got = sub.result(120)
+        server = server_side(scraped, scrape(base))
+        if spread is not None:
+            got = spread.finish(writer.pop("acks"))
+        else:
+            sub.send("stop")  # type: ignore[union-attr]
+            got = sub.result(120)  # type: ignore[union-attr]
         if spy is not None:
             spy.wait(60)
     finally:
-        sub.kill()
-    acked = {(j, p): t for j, p, t in writer.pop("acks")}
-    lat = sorted(t - acked[(j, p)] for j, p, t in got.pop("arrivals") if (j, p) in acked)
+        if spread is not None:
+            spread.kill()
+        else:
+            sub.kill()  # type: ignore[union-attr]
     events = got["events_received"]
     row: dict[str, Any] = {
         "subscribers": n,
+        "client": client,
         "target_rate": rate,
         "writes_per_s": writer["throughput"],
         "events": events,
-        "p50_ms": round(percentile(lat, 0.5) * 1000, 1) if lat else None,
-        "p99_ms": round(percentile(lat, 0.99) * 1000, 1) if lat else None,
-        "max_ms": round(lat[-1] * 1000, 1) if lat else None,
     }
+    if spread is None:
+        acked = {(j, p): t for j, p, t in writer.pop("acks")}
+        lat = sorted(t - acked[(j, p)] for j, p, t in got.pop("arrivals") if (j, p) in acked)
+        row.update(
+            p50_ms=round(percentile(lat, 0.5) * 1000, 1) if lat else None,  # type: ignore[operator]
+            p99_ms=round(percentile(lat, 0.99) * 1000, 1) if lat else None,  # type: ignore[operator]
+            max_ms=round(lat[-1] * 1000, 1) if lat else None,
+        )
+    else:
+        row.update({k: got[k] for k in ("p50_ms", "p99_ms", "max_ms", "arrivals", "unmatched")})
+        row.update(
+            last_arrival_p99_ms=got["last_arrival_p99_ms"],
+            receipt_spread_p99_ms=got["receipt_spread_p99_ms"],
+        )
+    row.update({f"server_{k}": v for k, v in server.items()})
     for who in cpu0:
         used = cpu1[who] - cpu0[who]
         row[f"{who}_cores"] = round(used / wall, 3)
@@ -159,6 +189,11 @@ FIELDS = (
     "p50_ms",
     "p99_ms",
     "max_ms",
+    "server_wake_to_write_p50_ms",
+    "server_wake_to_write_p99_ms",
+    "server_fanout_mean_ms",
+    "server_fanouts",
+    "server_events_queued",
     "server_us_per_event",
     "subscribers_us_per_event",
     "postgres_us_per_event",
@@ -176,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spy", action="store_true", help="py-spy the server (one rev only)")
     parser.add_argument("--revs", nargs="*", default=None, help="commits to compare")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        default=["line", "spread"],
+        choices=["line", "spread"],
+        help="subscriber clients, each measured in turn on the same server (see sse_client)",
+    )
+    parser.add_argument("--processes", type=int, default=4, help="processes of the spread client")
     parser.add_argument("--out", type=Path, default=None, help="write rows as JSON here")
     parser.add_argument(
         "--memory", action="store_true", help="also RSS per idle connection (fresh server)"
@@ -198,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 for rev in revs if round_no % 2 == 0 else revs[::-1]:
                     server = start_server(url, work / "logs", env=SERVER_ENV, root=roots[rev])
                     try:
-                        for n in args.subscribers:
-                            tag = f"{(rev or 'w').replace('/', '_')}{round_no}_{n}"
+                        for n, client in [(n, c) for n in args.subscribers for c in args.clients]:
+                            tag = f"{(rev or 'w').replace('/', '_')}{round_no}_{n}{client[0]}"
                             raw = work / f"spy-{tag}.txt" if args.spy else None
                             row = run_once(
                                 server.url,
@@ -211,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                                 args.seconds,
                                 tag,
                                 raw,
+                                client,
+                                args.processes,
                             )
                             row.update(rev=rev or "worktree", round=round_no)
                             rows.append(row)
@@ -235,19 +280,22 @@ def main(argv: list[str] | None = None) -> int:
                     remove_checkout(path)
     names = [r or "worktree" for r in revs]
     print(f"\nrate {args.rate}/s, {args.seconds} s per run, medians of {args.rounds} round(s)")
-    print("| subscribers | measure | " + " | ".join(names) + " |")
-    print("| --- | --- | " + " | ".join("---" for _ in names) + " |")
-    for n in args.subscribers:
+    print("| subscribers | client | measure | " + " | ".join(names) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
+    for n, client in [(n, c) for n in args.subscribers for c in args.clients]:
         for field in FIELDS:
             cells = []
             for name in names:
                 vals = [
                     r[field]
                     for r in rows
-                    if r["rev"] == name and r["subscribers"] == n and r[field] is not None
+                    if r["rev"] == name
+                    and r["subscribers"] == n
+                    and r["client"] == client
+                    and r.get(field) is not None
                 ]
                 cells.append(f"{statistics.median(vals):g}" if vals else "-")
-            print(f"| {n} | {field} | " + " | ".join(cells) + " |")
+            print(f"| {n} | {client} | {field} | " + " | ".join(cells) + " |")
     if memory:
         cells = []
         for name in names:

@@ -183,6 +183,7 @@ async def sse(request: Request) -> EventSourceResponse:
         send_timeout=settings.sse_send_timeout_seconds,
     )
     response.subscriber = sub
+    response.direct = settings.sse_direct_writes
     return response
 
 
@@ -236,6 +237,7 @@ class StreamResponse(EventSourceResponse):
     """
 
     subscriber: Subscriber | None = None
+    direct = True  # False (``SEENN_SSE_DIRECT_WRITES``): every message through ``send``
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self.subscriber
@@ -258,7 +260,7 @@ class StreamResponse(EventSourceResponse):
             end()
 
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        wire = _Wire.of(scope)
+        wire = _Wire.of(scope) if self.direct else None
         sub.wire = wire
         sub.abort = end
         watcher = asyncio.create_task(watch())

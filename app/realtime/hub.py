@@ -225,6 +225,10 @@ class Hub:  # pragma: no mutate block (served streams only: see docs/mutation.md
         self.shutdown_grace = 2.0  # seconds a stream has to say goodbye before it is cut
         self.read_lag: Any = None  # a Histogram (seconds from write to read), set by the runtime
         self.events_delivered: Any = None  # a Counter of events written directly, likewise
+        self.fanout_time: Any = None  # Histograms: first to last direct write of one read,
+        self.wake_to_write: Any = None  # and first wake-up with news to that last write
+        self.events_queued: Any = None  # a Counter of live events left to a stream's task
+        self._news_at: float | None = None  # monotonic time of the first unread wake-up
         # Told of every wake-up payload, before the per-stream filter (the dashboard's feed).
         self.observers: list[Callable[[str], None]] = []
 
@@ -299,6 +303,8 @@ class Hub:  # pragma: no mutate block (served streams only: see docs/mutation.md
         for observe in self.observers:
             observe(payload)
         if payload == POLL_ALL or any(self._behind(part) for part in payload.split(",")):
+            if self._news_at is None:
+                self._news_at = time.monotonic()
             self._wake.set()
 
     def _behind(self, part: str) -> bool:
@@ -317,10 +323,11 @@ class Hub:  # pragma: no mutate block (served streams only: see docs/mutation.md
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
             self._wake.clear()
+            news_at, self._news_at = self._news_at, None
             if not self.subs:
                 continue
             try:
-                await self.read_once()
+                await self.read_once(news_at)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a DB blip: the next round catches up from the log
@@ -349,13 +356,14 @@ class Hub:  # pragma: no mutate block (served streams only: see docs/mutation.md
             self.subs.setdefault(stream_id, set()).add(sub)
             self.pos[stream_id] = 0
 
-    async def read_once(self) -> None:
+    async def read_once(self, news_at: float | None = None) -> None:
         """One query for every active stream, then fan out in seq order.
 
         Each event is encoded and framed once. A subscriber whose stream waits gets every
         new event of this read in ONE write (each message still its own HTTP chunk), so the
         socket writes per subscriber follow the reads, not the events: under load a read
-        brings more events and the fan-out costs no more writes.
+        brings more events and the fan-out costs no more writes. ``news_at``: when the hub
+        was first woken for this read (for ``wake_to_write``).
         """
         if NO_STREAM in self.subs:
             await self._find_new_streams()
@@ -364,7 +372,7 @@ class Hub:  # pragma: no mutate block (served streams only: see docs/mutation.md
         rows = await self.run_own(lambda c: sql.read_many(c, streams, positions, _OWN_TIMEOUT))
         now = time.monotonic()
         wall = time.time()
-        direct = 0
+        direct = queued = 0
         for stream_id, group in itertools.groupby(rows, key=lambda r: r["stream_id"]):
             events: list[Event] = []
             pos = self.pos.get(stream_id)
@@ -386,13 +394,31 @@ class Hub:  # pragma: no mutate block (served streams only: see docs/mutation.md
                 if sub.job_id is None and sub.floor < first:
                     if every is None:
                         every = b"".join(frame(e.data) for e in events)
-                    direct += sub.deliver(events, every, now)
+                    written = sub.deliver(events, every, now)
+                    direct += written
+                    queued += len(events) - written
                     continue
                 mine = [e for e in events if sub.wants(e.seq, e.job_id, e.parent_id)]
                 if mine:
-                    direct += sub.deliver(mine, None, now)
-        if direct and self.events_delivered is not None:
-            self.events_delivered.inc(direct)
+                    written = sub.deliver(mine, None, now)
+                    direct += written
+                    queued += len(mine) - written
+        if queued and self.events_queued is not None:
+            self.events_queued.inc(queued)
+        if direct:
+            self._observe_fanout(direct, now, news_at)
+
+    def _observe_fanout(self, direct: int, read_at: float, news_at: float | None) -> None:
+        """Count ``direct`` writes; time them from the read's rows (``read_at``) and from
+        the first wake-up (``news_at``) to now, the last write."""
+        if self.events_delivered is None:
+            return
+        last = time.monotonic()
+        self.events_delivered.inc(direct)
+        if self.fanout_time is not None:
+            self.fanout_time.observe(last - read_at)
+        if self.wake_to_write is not None and news_at is not None:
+            self.wake_to_write.observe(last - news_at)
 
     async def run_own(self, command: Callable[[Any], Awaitable[T]]) -> T:
         """Run one command on the hub's own connection, else on a pooled one."""

@@ -27,6 +27,9 @@ def start_realtime(engine: Any, url: str, settings: Settings, metrics: Metrics) 
     )
     hub.read_lag = metrics.notification_lag
     hub.events_delivered = metrics.events_delivered
+    hub.fanout_time = metrics.sse_fanout
+    hub.wake_to_write = metrics.sse_wake_to_write
+    hub.events_queued = metrics.sse_events_queued
     hub.start()
     notifier = PgNotifier(engine, hub)
     return Realtime(hub, notifier)
