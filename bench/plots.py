@@ -82,7 +82,13 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
     if sc.get("sse_latency"):
         fig, a = plt.subplots(figsize=(5.5, 4))
         for shape, mark in (("same_user", "o"), ("distinct_users", "s")):
-            rows = [r for r in sc["sse_latency"] if r["shape"] == shape and r["p50_ms"] is not None]
+            rows = [
+                r
+                for r in sc["sse_latency"]
+                if r["shape"] == shape
+                and r.get("client", "line") == "line"
+                and r["p50_ms"] is not None
+            ]
             if rows:
                 a.plot(
                     [r["subscribers"] for r in rows],

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,42 @@ def cpu_seconds(pid: int, reaped: bool = False) -> float:
     if reaped:
         return (int(fields[13]) + int(fields[14])) / CLOCK_TICKS  # cutime, cstime
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def runqueue_seconds(pid: int) -> float:
+    """Seconds the process's main thread has waited runnable for a CPU (schedstat); 0 when
+    the kernel keeps no such count. On a shared machine this is where latency hides."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def shares(server_pid: int, client_pids: list[int]) -> Callable[[], dict[str, float]]:
+    """Start measuring; the returned call gives, since then, the cores the server and the
+    clients used and the share of the wall time the server's main thread waited runnable
+    for a CPU (what the machine, not the code, added to a latency)."""
+
+    def now() -> tuple[float, float, float, float]:
+        return (
+            time.monotonic(),
+            cpu_seconds(server_pid),
+            runqueue_seconds(server_pid),
+            sum(cpu_seconds(p) for p in client_pids),
+        )
+
+    t0, server0, waited0, clients0 = now()
+
+    def since() -> dict[str, float]:
+        t1, server1, waited1, clients1 = now()
+        wall = max(t1 - t0, 1e-9)
+        return {
+            "server_cores": round((server1 - server0) / wall, 3),
+            "server_runqueue_share": round((waited1 - waited0) / wall, 3),
+            "client_cores": round((clients1 - clients0) / wall, 3),
+        }
+
+    return since
 
 
 def children_of(pid: int) -> list[int]:

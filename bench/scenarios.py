@@ -23,11 +23,15 @@ from bench.processes import (
     log,
     postmaster_pid,
     rss_kb,
+    shares,
     start_echo,
 )
 from bench.rawhttp import Connection
 from bench.report import as_ms
+from bench.sse_client import Spread, scrape, server_side
 from bench.stats import percentile, slope
+
+SPREAD_PROCESSES = 4  # lean subscriber processes sharing the streams (bench/sse_client.py)
 
 
 @dataclass
@@ -426,6 +430,7 @@ class Bench:
         return max(r["throughput"] for r in self.results["scenarios"]["progress"])
 
     def sse_latency(self) -> None:
+        """Delivery latency per shape; on one user, with both clients in the same run."""
         s = self.sizes
         rate = max(1.0, self.api_max() / 2)
         rows = []
@@ -434,6 +439,10 @@ class Bench:
                 if shape == "distinct_users" and n == 1:
                     continue  # identical to same_user with one subscriber
                 rows.append(self._sse_run(n, shape, rate))
+                if shape == "same_user" and n == max(s.sse_subscribers):
+                    # The same measurement with the lean client spread over processes, in
+                    # the same run: what the one-process client adds to the figure above.
+                    rows.append(self._sse_run(n, shape, rate, client="spread"))
         # A second replica: subscribers there, writes here (the cross-replica wake-up path).
         from tests.support.harness import start_server
 
@@ -446,14 +455,23 @@ class Bench:
         self.results["scenarios"]["sse_latency"] = rows
 
     def _sse_run(
-        self, n: int, shape: str, rate: float, sub_base: str | None = None
+        self,
+        n: int,
+        shape: str,
+        rate: float,
+        sub_base: str | None = None,
+        client: str = "line",
     ) -> dict[str, Any]:
-        s = self.sizes
-        tag = f"sse{n}{shape[0]}{'x' if sub_base else ''}"
+        """Delivery latency with ``client``: ``line`` (one process, line by line, the first
+        100 streams of one user timed) or ``spread`` (``bench/sse_client.py``: lean
+        subscribers over SPREAD_PROCESSES processes, every stream timed)."""
+        tag = f"sse{n}{shape[0]}{'x' if sub_base else ''}{'s' if client == 'spread' else ''}"
         users = [f"{tag}_u"] * n if shape == "same_user" else [f"{tag}_u{i}" for i in range(n)]
         writer_users = sorted(set(users))
         per_user = max(1, 64 // len(writer_users))
         ids = create_jobs(self.base, self.key, writer_users, per_user)
+        if client == "spread":
+            return self._sse_spread_run(n, shape, rate, users, ids)
         sub = Interactive(
             "sse",
             {
@@ -466,18 +484,9 @@ class Bench:
         )
         try:
             ready = sub.read_line(120)
-            writer = loadgen(
-                "http",
-                {
-                    "base": self.base,
-                    "key": self.key,
-                    "kind": "progress",
-                    "ids": ids,
-                    "concurrency": min(32, len(ids)),
-                    "duration": s.sse_duration,
-                    "rate": rate,
-                    "record_acks": True,
-                },
+            # (on the other replica the server measured is that one, whose pid is not here)
+            writer, server, cpu = self._sse_writes(
+                sub_base or self.base, ids, rate, [] if sub_base else [sub.proc.pid]
             )
             sub.send("stop")
             got = sub.result(120)
@@ -493,6 +502,7 @@ class Bench:
         row = {
             "subscribers": n,
             "shape": shape + (" (other replica)" if sub_base else ""),
+            "client": "line",
             "target_rate": round(rate, 1),
             "write_throughput": writer["throughput"],
             "write_errors": writer["errors"],
@@ -505,6 +515,8 @@ class Bench:
             "p50_ms": as_ms(percentile(lat, 0.5)),
             "p99_ms": as_ms(percentile(lat, 0.99)),
             "max_ms": as_ms(lat[-1] if lat else None),
+            "server": server,
+            "cpu": cpu,
         }
         log(
             f"SSE {n} {row['shape']}: writes {writer['throughput']}/s,"
@@ -512,6 +524,70 @@ class Bench:
             f" matched {len(lat)}/{expected}"
         )
         return row
+
+    def _sse_spread_run(
+        self, n: int, shape: str, rate: float, users: list[str], ids: list[str]
+    ) -> dict[str, Any]:
+        spread = Spread(self.base, self.key, users, SPREAD_PROCESSES)
+        try:
+            connected = spread.ready()
+            clients = [p.proc.pid for p in spread.procs]
+            writer, server, cpu = self._sse_writes(self.base, ids, rate, clients)
+            got = spread.finish(writer.pop("acks"))
+        finally:
+            spread.kill()
+        row = {
+            "subscribers": n,
+            "shape": shape,
+            "client": f"spread ({got['processes']} processes, every stream timed)",
+            "target_rate": round(rate, 1),
+            "write_throughput": writer["throughput"],
+            "write_errors": writer["errors"],
+            "write_p50_ms": writer["p50_ms"],
+            "connected": connected,
+            "sse_statuses": got["statuses"],
+            "events_received": got["events_received"],
+            "matched": got["arrivals"] - got["unmatched"],
+            "expected_recorded": writer["requests"] * n,
+            "p50_ms": got["p50_ms"],
+            "p99_ms": got["p99_ms"],
+            "max_ms": got["max_ms"],
+            "last_arrival_p99_ms": got["last_arrival_p99_ms"],
+            "receipt_spread_p99_ms": got["receipt_spread_p99_ms"],
+            "server": server,
+            "cpu": cpu,
+        }
+        log(
+            f"SSE {n} {shape} (spread client): writes {writer['throughput']}/s,"
+            f" delivery p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms;"
+            f" server wake->last write p99 {server['wake_to_write_p99_ms']} ms"
+        )
+        return row
+
+    def _sse_writes(
+        self, sub_base: str, ids: list[str], rate: float, clients: list[int]
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float] | None]:
+        """Progress writes at ``rate`` while the subscribers listen on ``sub_base``: the
+        writer's result, what the subscribers' server measured of its fan-out meanwhile
+        (``server_side``), and the cores the server and the subscribers' client processes
+        used (None without ``clients``)."""
+        scraped = scrape(sub_base)
+        since = shares(self.server.process.pid, clients) if clients else None
+        writer = loadgen(
+            "http",
+            {
+                "base": self.base,
+                "key": self.key,
+                "kind": "progress",
+                "ids": ids,
+                "concurrency": min(32, len(ids)),
+                "duration": self.sizes.sse_duration,
+                "rate": rate,
+                "record_acks": True,
+            },
+        )
+        cpu = since() if since else None
+        return writer, server_side(scraped, scrape(sub_base)), cpu
 
     def fanout(self) -> None:
         """Progress throughput with no subscribers vs with subscribers on every written user."""

@@ -38,6 +38,7 @@ from bench.processes import (
     log,
     postmaster_pid,
     rss_kb,
+    runqueue_seconds,
 )
 from bench.profile import layer_shares, summarize_profile
 from bench.scenarios import create_jobs
@@ -92,6 +93,7 @@ def run_once(
                 "server": cpu_seconds(server_pid),
                 "postgres": _tree_cpu(pg),
                 "subscribers": sum(cpu_seconds(p) for p in client_pids),
+                "server_waiting": runqueue_seconds(server_pid),
             }
 
         scraped = scrape(base)
@@ -148,6 +150,8 @@ def run_once(
             receipt_spread_p99_ms=got["receipt_spread_p99_ms"],
         )
     row.update({f"server_{k}": v for k, v in server.items()})
+    waited = cpu1.pop("server_waiting") - cpu0.pop("server_waiting")
+    row["server_runqueue_share"] = round(waited / wall, 3)  # of the wall time: no CPU free
     for who in cpu0:
         used = cpu1[who] - cpu0[who]
         row[f"{who}_cores"] = round(used / wall, 3)
@@ -198,6 +202,7 @@ FIELDS = (
     "subscribers_us_per_event",
     "postgres_us_per_event",
     "server_cores",
+    "server_runqueue_share",
     "subscribers_cores",
 )
 MEMORY_STEPS = [0, 500, 1000, 1500, 2000]

@@ -77,6 +77,21 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
         assert row["connected"] == row["subscribers"], row
         assert row["write_errors"] == 0, row
         assert row["matched"] > 0, row
+        assert row["server"]["events_delivered"] > 0, row
+    # One user's largest fan-out is also measured by the lean client, every stream timed.
+    spread = [r for r in scenarios["sse_latency"] if r["client"].startswith("spread")]
+    assert [(r["subscribers"], r["shape"]) for r in spread] == [
+        (max(results["sizes"]["sse_subscribers"]), "same_user")
+    ]
+    assert 0 < spread[0]["matched"] <= spread[0]["expected_recorded"], spread[0]
+    # ... with the cores each side used while the writer ran, so the report can tell the
+    # client's share of a latency from the server's.
+    cpu = spread[0]["cpu"]
+    assert cpu["server_cores"] > 0 and cpu["client_cores"] > 0, cpu
+    assert 0 <= cpu["server_runqueue_share"] <= 1, cpu
+    n = max(results["sizes"]["sse_subscribers"])
+    compared = [t for t in results["targets"] if t["target"].startswith(f"SSE p99, {n} ")]
+    assert len(compared) == 1 and "line client / lean spread client" in compared[0]["target"]
     assert scenarios["fanout"]["events_received"] > 0
     points = scenarios["sse_memory"]["points"]
     assert [p["connections"] for p in points] == results["sizes"]["memory_steps"]
