@@ -204,6 +204,7 @@ SERVER_SERIES = (
     "seenn_sse_wake_to_write_seconds",
     "seenn_sse_events_queued_total",
     "seenn_events_delivered_total",
+    "seenn_notification_lag_seconds",
 )
 
 
@@ -250,7 +251,9 @@ def _bucket_quantile(
 
 def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """What the server measured between two scrapes: its fan-out per log read, from its
-    first wake-up to its last direct write, and how many live events it queued instead."""
+    first wake-up to its last direct write (an upper bound while writes keep coming: the
+    first wake-up after a read may be for an event that read already had), how late it
+    read each event, and how many live events it queued instead of writing them."""
 
     def grew(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
@@ -266,6 +269,9 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         if reads
         else None,
         "fanout_p99_ms": ms("seenn_sse_fanout_seconds", 0.99),
+        # from an event's write (its transaction's timestamp) to the hub's read of it
+        "read_lag_p50_ms": ms("seenn_notification_lag_seconds", 0.5),
+        "read_lag_p99_ms": ms("seenn_notification_lag_seconds", 0.99),
         "wake_to_write_p50_ms": ms("seenn_sse_wake_to_write_seconds", 0.5),
         "wake_to_write_p99_ms": ms("seenn_sse_wake_to_write_seconds", 0.99),
         "events_delivered": int(grew("seenn_events_delivered_total")),

@@ -196,6 +196,8 @@ FIELDS = (
     "server_wake_to_write_p50_ms",
     "server_wake_to_write_p99_ms",
     "server_fanout_mean_ms",
+    "server_fanout_p99_ms",
+    "server_read_lag_p99_ms",
     "server_fanouts",
     "server_events_queued",
     "server_us_per_event",

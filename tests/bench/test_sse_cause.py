@@ -5,11 +5,12 @@ from __future__ import annotations
 from bench.report import sse_cause
 
 
-def _row(p99: float, server_p99: float | None, queued: int = 0) -> dict[str, object]:
+def _row(p99: float, lag: float | None, queued: int = 0, fanout: float = 5.0) -> dict[str, object]:
     return {
         "p99_ms": p99,
         "server": {
-            "wake_to_write_p99_ms": server_p99,
+            "read_lag_p99_ms": lag,
+            "fanout_p99_ms": fanout,
             "events_queued": queued,
             "events_delivered": 1000,
         },
@@ -22,19 +23,24 @@ def test_a_met_p99_has_no_cause() -> None:
 
 
 def test_a_server_that_writes_late_is_the_cause() -> None:
-    cause = sse_cause(_row(300.0, 80.0))
-    assert cause is not None and cause.startswith("the server's fan-out")
-    assert "p99 80.0 ms" in cause and "25%" in cause
+    cause = sse_cause(_row(300.0, 10.0, fanout=60.0))
+    assert cause is not None and cause.startswith("the server, mostly its writes to every")
+    assert "within 10.0 ms" in cause and "within 60.0 ms" in cause and "25%" in cause
 
 
-def test_a_server_that_writes_in_time_puts_the_rest_on_the_client_side() -> None:
-    cause = sse_cause(_row(300.0, 12.5))
-    assert cause is not None and cause.startswith("not the server's fan-out")
-    assert "within 12.5 ms" in cause and "other 288 ms" in cause
+def test_a_server_that_reads_late_is_told_apart_from_its_fan_out() -> None:
+    cause = sse_cause(_row(300.0, 400.0, fanout=50.0))
+    assert cause is not None and cause.startswith("the server, mostly its log read")
+
+
+def test_a_server_that_reads_and_writes_in_time_puts_the_rest_on_the_client_side() -> None:
+    cause = sse_cause(_row(300.0, 10.0, fanout=2.5))
+    assert cause is not None and cause.startswith("not the server")
+    assert "within 10.0 ms" in cause and "other 288 ms" in cause
     assert "streams' own tasks" not in cause
 
 
 def test_events_left_to_the_streams_are_named() -> None:
-    cause = sse_cause(_row(300.0, 12.5, queued=200))
+    cause = sse_cause(_row(300.0, 10.0, queued=200))
     assert cause is not None and "200 of 1000 deliveries" in cause
     assert "the server made no direct write" in (sse_cause(_row(60.0, None)) or "")
