@@ -41,32 +41,34 @@ def machine() -> dict[str, Any]:
 
 def sse_cause(row: dict[str, Any]) -> str | None:
     """Why an SSE row's p99 is 50 ms or more, from what the same run measured; None when
-    it is met. The server's share: how late its hub read each event (from the write's
-    transaction) plus one read's direct writes to every waiting stream, both p99 from its
-    histograms. They start earlier than the client's clock (the write's answer), so their
-    sum bounds the server's share from above: under 50 ms, the miss is on the client side
-    (the subscriber process and the machine's scheduling). Also the events left to the
-    streams' own tasks and the cores each side used."""
+    it is met. The server's share, p99s of its histograms: from the hub's first wake-up
+    with news (a commit) to its last direct write of it, of which one read's writes to
+    every waiting stream; the rest is the hub waiting to read (its event loop busy with
+    the writer's requests, or no CPU free). The wake-up comes before the write's answer,
+    where the client's clock starts, so this bounds the server's share from above: under
+    50 ms, the miss is on the client side (the subscriber process and the machine's
+    scheduling). Also the events left to the streams' own tasks and the cores each side
+    used."""
     p99 = row["p99_ms"]
     if p99 is None or p99 < 50:
         return None
     server = row.get("server") or {}
     cpu = row.get("cpu") or {}
-    lag, fanout = server.get("read_lag_p99_ms"), server.get("fanout_p99_ms")
-    if lag is None or fanout is None:
+    done, fanout = server.get("wake_to_write_p99_ms"), server.get("fanout_p99_ms")
+    if done is None or fanout is None:
         why = "the server made no direct write (every event went through the streams' tasks)"
     else:
         split = (
-            f"the hub read each event within {lag} ms of its write and wrote one read's"
-            f" events to every waiting stream within {fanout} ms (p99s)"
+            f"first wake-up to last direct write p99 {done} ms, one read's writes to every"
+            f" waiting stream p99 {fanout} ms"
         )
-        if lag + fanout >= 50:
-            larger = "its log read" if lag >= fanout else "its writes to every stream"
+        if done >= 50:
+            larger = "waiting to read" if done - fanout >= fanout else "its writes to every stream"
             why = f"the server, mostly {larger}: {split}"
         else:
             why = (
-                f"not the server: {split}; the other {p99 - lag - fanout:.0f} ms or more lie"
-                " between the socket write and the client's read (the client process and the"
+                f"not the server ({split}): the other {p99 - done:.0f} ms or more lie between"
+                " the socket write and the client's read (the client process and the"
                 " machine's scheduling)"
             )
     queued, delivered = server.get("events_queued") or 0, server.get("events_delivered") or 0
@@ -187,8 +189,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         server = row.get("server") or {}
         if server.get("wake_to_write_p99_ms") is not None:
             add(
-                f"SSE server side p99 ms: write → hub's read / one read's writes to every"
-                f" stream / first wake-up → last write, {row['subscribers']} subscribers"
+                f"SSE server side p99 ms: write's transaction → hub's read / one read's writes"
+                f" to every stream / first wake-up → last write, {row['subscribers']} subscribers"
                 f" ({shape})",
                 f"{server.get('read_lag_p99_ms')} / {server['fanout_p99_ms']}"
                 f" / {server['wake_to_write_p99_ms']}"
@@ -342,7 +344,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             "The `line` client is one process reading every stream line by line and timing the"
             " first 100; the `spread` client (`bench/sse_client.py`) is lean subscribers over"
             " several processes timing every stream. Server side, p99 of its histograms: from"
-            " an event's write to the hub's read of it (`seenn_notification_lag_seconds`), one"
+            " the start of an event's write transaction to the hub's read of it (it includes the"
+            " write's own time; `seenn_notification_lag_seconds`), one"
             " read's direct writes to every waiting stream (`seenn_sse_fanout_seconds`), and"
             " from the hub's first wake-up with news to its last direct write"
             " (`seenn_sse_wake_to_write_seconds`, an upper bound while writes keep coming).",

@@ -269,7 +269,7 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         if reads
         else None,
         "fanout_p99_ms": ms("seenn_sse_fanout_seconds", 0.99),
-        # from an event's write (its transaction's timestamp) to the hub's read of it
+        # from the START of the write's transaction (so the write's own time too) to the read
         "read_lag_p50_ms": ms("seenn_notification_lag_seconds", 0.5),
         "read_lag_p99_ms": ms("seenn_notification_lag_seconds", 0.99),
         "wake_to_write_p50_ms": ms("seenn_sse_wake_to_write_seconds", 0.5),

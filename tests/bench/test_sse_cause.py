@@ -5,11 +5,11 @@ from __future__ import annotations
 from bench.report import sse_cause
 
 
-def _row(p99: float, lag: float | None, queued: int = 0, fanout: float = 5.0) -> dict[str, object]:
+def _row(p99: float, done: float | None, queued: int = 0, fanout: float = 5.0) -> dict[str, object]:
     return {
         "p99_ms": p99,
         "server": {
-            "read_lag_p99_ms": lag,
+            "wake_to_write_p99_ms": done,
             "fanout_p99_ms": fanout,
             "events_queued": queued,
             "events_delivered": 1000,
@@ -23,20 +23,20 @@ def test_a_met_p99_has_no_cause() -> None:
 
 
 def test_a_server_that_writes_late_is_the_cause() -> None:
-    cause = sse_cause(_row(300.0, 10.0, fanout=60.0))
+    cause = sse_cause(_row(300.0, 100.0, fanout=60.0))
     assert cause is not None and cause.startswith("the server, mostly its writes to every")
-    assert "within 10.0 ms" in cause and "within 60.0 ms" in cause and "25%" in cause
+    assert "write p99 100.0 ms" in cause and "stream p99 60.0 ms" in cause and "25%" in cause
 
 
 def test_a_server_that_reads_late_is_told_apart_from_its_fan_out() -> None:
     cause = sse_cause(_row(300.0, 400.0, fanout=50.0))
-    assert cause is not None and cause.startswith("the server, mostly its log read")
+    assert cause is not None and cause.startswith("the server, mostly waiting to read")
 
 
 def test_a_server_that_reads_and_writes_in_time_puts_the_rest_on_the_client_side() -> None:
-    cause = sse_cause(_row(300.0, 10.0, fanout=2.5))
+    cause = sse_cause(_row(300.0, 12.5, fanout=2.5))
     assert cause is not None and cause.startswith("not the server")
-    assert "within 10.0 ms" in cause and "other 288 ms" in cause
+    assert "write p99 12.5 ms" in cause and "other 288 ms" in cause
     assert "streams' own tasks" not in cause
 
 
