@@ -277,3 +277,38 @@ def test_the_key_cache_keeps_a_lookup_for_its_ttl_and_stays_bounded() -> None:
     off = KeyCache(ttl=0)
     off.put(b"a", alice)
     assert off.get(b"a") == (False, None) and off._entries == {}
+
+
+def test_the_key_cache_keeps_a_lookup_through_its_last_instant_and_any_positive_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from app.domain import keys
+
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(keys, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    alice = Principal("k1", "app", "test", "secret")
+    cache = KeyCache(ttl=5)
+    cache.put(b"a", alice)
+    clock.now = 1005.0  # exactly its ttl later: still a hit
+    assert cache.get(b"a") == (True, alice)
+    clock.now = 1005.001
+    assert cache.get(b"a") == (False, None)
+    # A ttl below a second is a short cache, not an off switch.
+    short = KeyCache(ttl=0.5)
+    short.put(b"a", alice)
+    assert short.get(b"a") == (True, alice)
+    clock.now += 0.6
+    assert short.get(b"a") == (False, None)
+
+
+def test_the_key_cache_holds_ten_thousand_keys_by_default() -> None:
+    alice = Principal("k1", "app", "test", "secret")
+    cache = KeyCache(ttl=600)
+    for n in range(10_000):
+        cache.put(n.to_bytes(4, "big"), alice)
+    assert cache.get((0).to_bytes(4, "big")) == (True, alice)
+    cache.put(b"one more", alice)  # full: emptied first, then stored
+    assert cache.get((0).to_bytes(4, "big")) == (False, None)
+    assert cache.get(b"one more") == (True, alice)
