@@ -223,3 +223,35 @@ async def test_failing_or_cancelling_with_push_queues_what_it_asks_for(
     assert response.status_code == 200, response.text
     kinds = sorted((r["kind"], r["event"]) for r in await outbox(db, job["id"]))
     assert kinds == [("alert", None), ("background", None), ("liveactivity", "end")]
+
+
+async def test_complete_passes_its_cta_button_and_message_to_the_live_activity(
+    client: httpx.AsyncClient, keys: AppKeys, db: asyncpg.Connection
+) -> None:
+    """``liveActivity.ctaButton`` of a ``complete`` reaches the ended Live Activity with every
+    field it sets, and the completion's ``message`` replaces the last progress message."""
+    job = await registered_job(client, keys)
+    await progress(client, job["id"], 90, message="Encoding")
+    cta = {
+        "text": "Open video",
+        "deepLink": "myapp://videos/42",
+        "style": "outline",
+        "backgroundColor": "#000000",
+        "textColor": "#FFFFFF",
+        "cornerRadius": 12,
+    }
+    done = await complete(client, job["id"], message="Ready", liveActivity={"ctaButton": cta})
+    assert done["message"] == "Ready"
+    rows = await outbox(db, job["id"])
+    assert [(r["kind"], r["event"]) for r in rows][-1] == ("liveactivity", "end")
+    assert json.loads(rows[-1]["payload"])["aps"]["content-state"] == {
+        "progress": 100,
+        "status": "completed",
+        "message": "Ready",
+        "ctaButtonText": "Open video",
+        "ctaDeepLink": "myapp://videos/42",
+        "ctaButtonStyle": "outline",
+        "ctaBackgroundColor": "#000000",
+        "ctaTextColor": "#FFFFFF",
+        "ctaCornerRadius": 12,
+    }
