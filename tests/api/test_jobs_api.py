@@ -57,7 +57,7 @@ async def test_get_returns_what_create_returned(client):
 
 
 async def test_progress_starts_job_and_merges_metadata(client):
-    job = await create_job(client, metadata={"a": 1, "b": 2})
+    job = await create_job(client, metadata={"a": 1, "b": 2}, queue={"position": 3, "total": 9})
     updated = await progress(
         client,
         job["id"],
@@ -71,10 +71,11 @@ async def test_progress_starts_job_and_merges_metadata(client):
     assert updated["message"] == "Processing frames..."
     assert updated["metadata"] == {"a": 1, "b": 3, "c": 4}
     assert updated["stage"]["name"] == "rendering"
+    assert updated["queue"] == {"position": 0}  # replaced as a whole, not merged
     assert ISO_MS.match(updated["startedAt"])
     again = await progress(client, job["id"], 60)
     assert again["startedAt"] == updated["startedAt"]
-    assert again["message"] == "Processing frames..."
+    assert again["message"] == "Processing frames..." and again["queue"] == {"position": 0}
 
 
 async def test_progress_zero_also_moves_pending_to_running(client):

@@ -58,6 +58,18 @@ async def test_child_carries_parent_reference_and_no_children(client):
     assert "children" not in child and "childProgressMode" not in child
 
 
+async def test_a_child_expires_with_its_parent_whatever_ttl_it_asks_for(client, db):
+    parent = await create_parent(client, 2, ttlSeconds=3600)
+    longer = await create_child(client, parent, 0, ttlSeconds=7200)
+    default = await create_child(client, parent, 1)  # would be 30 days on its own
+    rows = await db.fetch(
+        "SELECT id, expires_at FROM jobs WHERE id = ANY($1::text[])",
+        [parent["id"], longer["id"], default["id"]],
+    )
+    expiry = {row["id"]: row["expires_at"] for row in rows}
+    assert expiry[longer["id"]] == expiry[parent["id"]] == expiry[default["id"]]
+
+
 async def test_documented_seventy_percent_example(client):
     parent = await create_parent(client, 5)
     kids = [await create_child(client, parent, i) for i in range(5)]
