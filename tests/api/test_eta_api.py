@@ -1,6 +1,7 @@
 """ETA fields on jobs and the /v1/eta API, against the real server and PostgreSQL."""
 
 import asyncio
+import json
 from datetime import datetime
 from urllib.parse import quote
 
@@ -42,6 +43,40 @@ async def _backdate_start(db, job_id: str, seconds: float) -> None:
         job_id,
         seconds,
     )
+
+
+async def _backdate_run(db, job_id: str, seconds: float) -> None:
+    """Move the job's start and its last update back: its last report was ``seconds`` ago."""
+    await db.execute(
+        "UPDATE jobs SET started_at = started_at - make_interval(secs => $2),"
+        " updated_at = updated_at - make_interval(secs => $2) WHERE id = $1",
+        job_id,
+        seconds,
+    )
+
+
+async def _folded_profile(db, key: str) -> list[int]:
+    """The profile the key's one completion left in its statistics, ``[duration, f10, ...,
+    f90]`` (per mille of the duration at each decile), once the compaction has folded it."""
+    for _ in range(600):
+        row = await db.fetchrow(
+            "SELECT count, digest::text AS digest FROM eta_stats s WHERE eta_key = $1"
+            " AND NOT EXISTS (SELECT 1 FROM eta_samples p WHERE p.eta_key = s.eta_key"
+            " AND p.app_id = s.app_id AND p.mode = s.mode)",
+            key,
+        )
+        if row is not None:
+            assert row["count"] == 1
+            profiles: list[list[int]] = json.loads(row["digest"])["r"]
+            assert len(profiles) == 1
+            return profiles[0]
+        await asyncio.sleep(0.05)  # the compaction runs 0.1 s after the write commits
+    raise AssertionError(f"the sample of {key} was never folded")
+
+
+# A job that reached 50 % at 10 % of its time and then ran to the end: the deciles it crossed
+# by completing (60-90 %) are placed between its last report and its completion.
+LATE_FINISH = [100, 100, 100, 100, 100, 280, 460, 640, 820]
 
 
 async def run_job(client, db, seconds: float, **fields) -> dict:
@@ -372,3 +407,29 @@ async def test_statistics_count_processing_and_a_pending_job_adds_the_queue_wait
     assert pending["etaBasedOn"] == 5 and 0 < pending["etaConfidence"] <= 1
     started = await set_progress(client, pending["id"], 0)
     assert _eta_seconds(started) == pytest.approx(100, rel=0.05)
+
+
+async def test_a_completions_sample_places_the_deciles_it_crossed_since_its_last_report(client, db):
+    job = await create_job(client, jobType="late-finish")
+    await set_progress(client, job["id"], 0)  # starts now ...
+    await _backdate_start(db, job["id"], 100)  # ... make that 100 s ago
+    await set_progress(client, job["id"], 50)  # 50 % at 100 s
+    await _backdate_run(db, job["id"], 900)  # that report was 900 s ago
+    await complete(client, job["id"])  # 1000 s in all
+    profile = await _folded_profile(db, "late-finish")
+    assert profile[0] == pytest.approx(1_000_000, rel=0.01)
+    assert profile[1:] == pytest.approx(LATE_FINISH, abs=15)
+
+
+async def test_a_parents_sample_places_the_deciles_its_last_child_crossed(client, db):
+    parent = await create_parent(client, 2, workflowId="late-batch")
+    first = await create_child(client, parent, 0)
+    second = await create_child(client, parent, 1)
+    await set_progress(client, first["id"], 0)  # the parent starts now ...
+    await _backdate_start(db, parent["id"], 100)  # ... make that 100 s ago
+    await complete(client, first["id"])  # the parent is at 50 % at 100 s
+    await _backdate_run(db, parent["id"], 900)  # that was 900 s ago
+    await complete(client, second["id"])  # the parent completes: 1000 s in all
+    profile = await _folded_profile(db, "late-batch#parent")
+    assert profile[0] == pytest.approx(1_000_000, rel=0.01)
+    assert profile[1:] == pytest.approx(LATE_FINISH, abs=15)
