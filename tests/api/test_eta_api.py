@@ -343,6 +343,8 @@ async def test_a_batchs_parent_and_children_of_one_type_keep_separate_statistics
     # createBatch gives the parent and its children one jobType: a whole batch (about 3000 s)
     # must not become a sample for one child (about 200 s), nor the other way round. Long
     # enough that the seconds this test itself takes on a busy machine do not count.
+    early = await create_job(client, jobType="render", totalChildren=2)  # before any history
+    assert "estimatedCompletionAt" not in early
     for _ in range(5):
         parent = await create_job(client, jobType="render", totalChildren=2)
         for index in range(2):
@@ -371,6 +373,12 @@ async def test_a_batchs_parent_and_children_of_one_type_keep_separate_statistics
     await set_progress(client, child["id"], 50)
     moved = (await client.get(f"/jobs/{parent['id']}")).json()
     assert moved["progress"] == 25 and moved["etaBasedOn"] == 5
+    # So does that of a parent created before there was any: its first estimate comes from
+    # the statistics its key has when its children move.
+    early_child = await create_child(client, early, 0, jobType="render")
+    await set_progress(client, early_child["id"], 50)
+    early = (await client.get(f"/jobs/{early['id']}")).json()
+    assert early["progress"] == 25 and early["etaBasedOn"] == 5
     # Resetting one leaves the other.
     assert (await client.delete("/eta/render%23parent")).json()["deleted"] is True
     assert (await stats_of(client, "render")).json()["count"] == 10
