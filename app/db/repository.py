@@ -24,8 +24,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
+from app.db import eta_digests
 from app.db.driver import Driver, Lease
 from app.db.tables import eta_samples, eta_stats, jobs
 
@@ -106,8 +107,13 @@ _FIND_CHILD = select(jobs).where(
 # (``eta_pending``): the estimate applies them on top of the stored statistics.
 _ETA_KEY_OF_J = """coalesce(nullif(j.workflow_id, ''), j.job_type)
                      || CASE WHEN j.total_children IS NULL THEN '' ELSE '#parent' END"""
+# The key's digest comes whole only when this process does not hold its version
+# (``eta_known``, see ``app.db.eta_digests``): on a learned key's writes, only the version.
 _WITH_ETA = f"""
-    SELECT j.*, s.count AS eta_count, s.digest AS eta_digest,
+    SELECT j.*, s.count AS eta_count, s.eta_key AS eta_key,
+           (s.digest->>'t')::bigint AS eta_version,
+           CASE WHEN (s.digest->>'t')::bigint = ANY(CAST(:eta_known AS BIGINT[])) THEN NULL
+                ELSE s.digest END AS eta_digest,
            s.default_duration AS eta_default_duration,
            (SELECT jsonb_agg(x.sample ORDER BY x.id) FROM eta_samples x
             WHERE x.app_id = j.app_id AND x.mode = j.mode
@@ -120,10 +126,14 @@ _WITH_ETA = f"""
 _JOINED = (
     *jobs.c,
     column("eta_count", BigInteger),
+    column("eta_key", Text),
+    column("eta_version", BigInteger),
     column("eta_digest", JSONB),
     column("eta_default_duration", BigInteger),
     column("eta_pending", JSONB),
 )
+# Untyped: asyncpg encodes the list for the CAST; SQLAlchemy's ARRAY would copy it first.
+_KNOWN: BindParameter[Any] = bindparam("eta_known")
 # A live job, and its live parent if it is a child, in one statement, locked parent first
 # (rows are locked in the order of ORDER BY): the parent comes first, the job
 # (``j.id = :id``) last. A job that is not a child has no parent row (``= NULL`` is never
@@ -131,20 +141,28 @@ _JOINED = (
 # a row was updated while the statement waited for its lock, PostgreSQL rechecks the WHERE
 # clause on the new version with the rest of the plan held fixed, and a semi-join over a
 # UNION ALL lost the job's row in that recheck (the write then answered 404).
-_LOCK_FAMILY = text(
-    _WITH_ETA
-    + "WHERE ((j.id = :id AND j."
-    + _OWNED.replace(" AND ", " AND j.")
-    + ") OR j.id = (SELECT c.parent_job_id FROM jobs c WHERE c.id = :id AND c."
-    + _OWNED.replace(" AND ", " AND c.")
-    + ")) AND j.expires_at > :now ORDER BY j.id = :id FOR UPDATE OF j"
-).columns(*_JOINED)
+_LOCK_FAMILY = (
+    text(
+        _WITH_ETA
+        + "WHERE ((j.id = :id AND j."
+        + _OWNED.replace(" AND ", " AND j.")
+        + ") OR j.id = (SELECT c.parent_job_id FROM jobs c WHERE c.id = :id AND c."
+        + _OWNED.replace(" AND ", " AND c.")
+        + ")) AND j.expires_at > :now ORDER BY j.id = :id FOR UPDATE OF j"
+    )
+    .columns(*_JOINED)
+    .bindparams(_KNOWN)
+)
 # A job that is not a child, unlocked, with the row's version (its xmin).
-_READ_PLAIN = text(
-    _WITH_ETA.replace("SELECT j.*,", "SELECT j.*, j.xmin::text::bigint AS row_version,")
-    + "WHERE j.id = :id AND j.parent_job_id IS NULL AND j."
-    + _OWNED.replace(" AND ", " AND j.")
-).columns(*_JOINED, column("row_version", BigInteger))
+_READ_PLAIN = (
+    text(
+        _WITH_ETA.replace("SELECT j.*,", "SELECT j.*, j.xmin::text::bigint AS row_version,")
+        + "WHERE j.id = :id AND j.parent_job_id IS NULL AND j."
+        + _OWNED.replace(" AND ", " AND j.")
+    )
+    .columns(*_JOINED, column("row_version", BigInteger))
+    .bindparams(_KNOWN)
+)
 _SHARE_LOCK_OWNED = text("SELECT * FROM jobs WHERE id = :id AND " + _OWNED + " FOR SHARE")
 _ETA_COLUMNS = ("eta_count", "eta_digest", "eta_default_duration", "eta_pending")
 
@@ -154,9 +172,27 @@ def _owned(owner: Owner, job_id: str, now: datetime) -> dict[str, Any]:
     return {"id": job_id, "app_id": owner.app_id, "mode": owner.mode, "now": now}
 
 
-def _split_eta(row: Any) -> tuple[Row, Row | None]:
-    """A joined row as (job, its key's stats or None)."""
-    job = dict(row)
+def _with_digests(rows: list[Row], held: eta_digests.Held) -> bool:
+    """Give each joined row its key's digest: kept (and held from now on) when it came
+    whole, else the one ``held`` (what the statement was told) has for the row's key and
+    the version read with it. False when ``held`` has that version only for another key:
+    the statement must run again with ``eta_known`` empty."""
+    for row in rows:
+        version, key = row.pop("eta_version"), row.pop("eta_key")
+        if version is None:
+            continue
+        if row["eta_digest"] is not None:
+            eta_digests.put(row["app_id"], row["mode"], key, version, row["eta_digest"])
+            continue
+        row["eta_digest"] = held.get(row["app_id"], row["mode"], key, version)
+        if row["eta_digest"] is None:
+            return False
+    return True
+
+
+def _split_eta(job: Row) -> tuple[Row, Row | None]:
+    """A joined row (with its digest, see ``_with_digests``) as (job, its key's stats or
+    None)."""
     count, digest, default, pending = (job.pop(c) for c in _ETA_COLUMNS)
     if count is None and pending is None:
         return job, None
@@ -305,16 +341,15 @@ class Repository:
     ) -> tuple[Row, Row | None] | None:
         """A job that is not a child, unlocked, with its ETA key's statistics: the job
         carries ``row_version``, for a versioned change (``Staged.version``)."""
-        params = _owned(owner, job_id, now)
-        row = await self.driver.fetchrow(_READ_PLAIN, params)
-        return _split_eta(row) if row else None
+        rows = await self._read_with_eta(_READ_PLAIN, _owned(owner, job_id, now))
+        return _split_eta(rows[0]) if rows else None
 
     async def lock_family(
         self, owner: Owner, job_id: str, now: datetime
     ) -> tuple[tuple[Row, Row | None], tuple[Row, Row | None] | None] | None:
         """Lock a live job, and first its parent if it is a child (the parent live too), in
         one statement: ``((job, stats), (parent, stats) or None)``; None if not found."""
-        rows = await self.driver.fetch(_LOCK_FAMILY, _owned(owner, job_id, now))
+        rows = await self._read_with_eta(_LOCK_FAMILY, _owned(owner, job_id, now))
         if not rows or rows[-1]["id"] != job_id:
             return None
         if rows[-1]["parent_job_id"] is None:
@@ -322,6 +357,17 @@ class Repository:
         if len(rows) != 2:
             return None  # a child whose parent is gone is as gone as the parent
         return _split_eta(rows[1]), _split_eta(rows[0])
+
+    async def _read_with_eta(self, stmt: ClauseElement, params: Row) -> list[Row]:
+        """Run a statement of ``_WITH_ETA``, each row with its key's digest, sent whole only
+        when this process lacks its version. Once more, all sent whole, only when a version
+        it named is held for another key alone: two keys whose completions were the same."""
+        held = eta_digests.held()
+        rows = await self.driver.fetch(stmt, {**params, "eta_known": held.versions})
+        if not _with_digests(rows, held):
+            rows = await self.driver.fetch(stmt, {**params, "eta_known": []})
+            _with_digests(rows, held)
+        return rows
 
     async def share_lock_job(self, owner: Owner, job_id: str, now: datetime) -> Row | None:
         """Share-lock a live job (a parent taking a new child: a cancel cannot miss it)."""

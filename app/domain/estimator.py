@@ -17,8 +17,10 @@ State per ETA key (the ``eta_stats.digest`` jsonb), all of fixed maximum size:
   completion scores them: the blend weights and the confidence;
 - ``w``: the moving mean queue wait (creation to processing start) in ms;
 - ``t``: a version, renewed by every completion (a hash of the previous version and the
-  job): each server process keeps the model fitted to a version (``_MODELS``), so a
-  progress write does not redo that work.
+  job; a digest without one starts from a hash of its whole content), so a key's version
+  names its whole digest: each server process keeps the model fitted to a version
+  (``_MODELS``) and the decoded digest (``app.db.eta_digests``), so a progress write
+  neither redoes that work nor receives the digest again.
 
 Per job (``jobs.eta_state``) we keep the elapsed milliseconds at which each decile was
 first reached (``m``), so a completion can teach the key its profile, and the forecasts made
@@ -158,8 +160,9 @@ def record(
         kept = ("h", "n", "lm", "lv")
         digest.update({k: v for k, v in empty_digest().items() if k not in kept})
     base = digest.get("t")
-    if not isinstance(base, int):  # no version yet: one from the content itself
-        base = _hash([digest.get("r"), digest.get("s")])
+    if not isinstance(base, int):  # no version yet: one from the whole content itself
+        base = _hash(digest)
+    wait_ms = round(max(0.0, wait_ms), 3)  # as hashed below: the version names the content
     _score(digest, duration_ms, forecasts or {})
     log_duration = math.log(duration_ms)
     hist: dict[str, int] = digest.setdefault("h", {})
@@ -170,14 +173,15 @@ def record(
     digest["lm"], digest["lv"] = _ew_update(
         float(digest.get("lm", 0.0)), float(digest.get("lv", 0.0)), n, log_duration
     )
-    digest["w"] = _rounded(_ew_mean(digest.get("w"), max(0.0, wait_ms)))
+    digest["w"] = _rounded(_ew_mean(digest.get("w"), wait_ms))
     reservoir: list[list[int]] = digest.setdefault("r", [])
     reservoir.append(_profile(duration_ms, milestones))
     del reservoir[:-RESERVOIR]
-    # A new version, fitted models of the old one expire. Profiles and scores are a function
-    # of the old ones and this job, so this chain identifies them: readers that fold the same
-    # pending samples, and the compaction that stores them, reach the same version.
-    digest["t"] = _hash([base, duration_ms, milestones, round(wait_ms, 3), forecasts])
+    # A new version, fitted models of the old one expire. The whole digest is a function of
+    # the previous one and of exactly what is hashed here, so this chain identifies it:
+    # readers that fold the same pending samples, and the compaction that stores them, reach
+    # the same version, and a key's version names one content (``app.db.eta_digests``).
+    digest["t"] = _hash([base, duration_ms, milestones, wait_ms, forecasts])
 
 
 def _hash(value: Any) -> int:
@@ -281,6 +285,12 @@ class Model:
     profiles: list[list[int]]
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     _points: dict[float, _Point] = field(default_factory=dict, repr=False, compare=False)
+    _kept_durations: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+
+    def _durations(self) -> tuple[int, ...]:
+        if self._kept_durations is None:
+            self._kept_durations = tuple(p[0] for p in self.profiles)
+        return self._kept_durations
 
     def _point(self, progress: float) -> _Point:
         point = self._points.get(progress)
@@ -337,20 +347,23 @@ class Model:
           time, minus it (ignores progress; the only forecast before progress).
         """
         out: dict[str, float] = {}
-        survivors = [math.log(p[0] - elapsed_ms) for p in self.profiles if p[0] > elapsed_ms]
+        log = math.log
+        survivors = [log(d - elapsed_ms) for d in self._durations() if d > elapsed_ms]
         if survivors:
             out["history"] = sum(survivors) / len(survivors)
         if progress <= 0 or elapsed_ms <= 0 or progress >= 100:
             return out
         point = self._point(progress)
-        log_elapsed = math.log(elapsed_ms)
+        log_elapsed = log(elapsed_ms)
         out["rate"] = log_elapsed + point.rate
         out["shape"] = log_elapsed + point.shape
         # Nadaraya-Watson: past jobs weighted by how close their time at this progress is
         # to this job's (a Gaussian kernel on the log ratio). Runs on every write.
-        exponents = [point.scale * (log_elapsed - a) ** 2 for a in point.anchors]
+        scale = point.scale
+        exponents = [scale * (log_elapsed - a) ** 2 for a in point.anchors]
         top = max(exponents)
-        kernel = [math.exp(x - top) for x in exponents]
+        exp = math.exp
+        kernel = [exp(x - top) for x in exponents]
         total = sum(kernel)
         out["analog"] = log_elapsed + sum(map(float.__mul__, kernel, point.lefts)) / total
         out["peers"] = sum(map(float.__mul__, kernel, point.outcomes)) / total
@@ -379,8 +392,8 @@ class Model:
     def blend(self, progress: float, forecasts: dict[str, float]) -> float:
         """The forecasts combined with weights ∝ 1 / their measured error at ``progress``."""
         weights = self._point(progress).weights
-        total = math.fsum(weights[name] for name in forecasts)
-        return math.fsum(weights[name] * value for name, value in forecasts.items()) / total
+        total = math.fsum([weights[name] for name in forecasts])
+        return math.fsum([weights[name] * value for name, value in forecasts.items()]) / total
 
     def confidence(self, progress: float) -> float:
         """The share of recent estimates at ``progress`` that landed within the tolerance,

@@ -129,7 +129,10 @@ def on_progress(job: Row, stats: Row | None, cmd: UpdateProgress, now: datetime)
     elapsed = _ms(now - origin)
     estimate = estimator.remaining(history, cmd.progress, elapsed)
     state = _kept(state, history, cmd.progress, estimate, elapsed)
-    return {"eta_state": state, **_eta_columns(history, estimate, now)}
+    columns = _eta_columns(history, estimate, now)
+    # Most updates cross no decile and open no band: the stored state stands, and the write
+    # neither encodes nor sends it (with a learned key's kept forecasts, about 1 KB).
+    return columns if state == job["eta_state"] else {"eta_state": state, **columns}
 
 
 def for_parent(parent: Row, stats: Row | None, changes: Row, now: datetime) -> Row:

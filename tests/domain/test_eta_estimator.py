@@ -363,3 +363,27 @@ def test_the_fitted_model_is_reused_until_the_key_learns_again():
     assert _history(digest).model is not first
     assert _left(_history(digest), 0, 0) == pytest.approx(240_000, rel=0.01)
     assert _left(_history(digest), 0, 0) > 3 * after_start
+
+
+def test_a_version_names_the_whole_digest():
+    """Each process keeps digests by key and version (``app.db.eta_digests``): digests that
+    reach one version from one completion hold the same content, whatever they held before
+    it; digests that differed before it differ in version after it."""
+    digest = _digest_of([60_000 * (1 + i % 3 / 10) for i in range(12)])
+    unversioned = {k: v for k, v in digest.items() if k != "t"}
+    # Statistics from before versions with the same profiles and scores but another
+    # histogram and moving mean (one more completion of another length counted).
+    other = json.loads(json.dumps(unversioned))
+    other["h"] = {**other["h"], "1": 1}
+    other["n"] += 1
+    other["lm"] += 0.5
+    same = json.loads(json.dumps(unversioned))
+    for d in (unversioned, other, same):
+        est.record(d, 65_000, _marks(65_000), 12.0004, None)
+    assert unversioned["t"] != other["t"]
+    assert unversioned["t"] == same["t"] and unversioned == same
+    # A queue wait is kept to the precision the version hashes: one version, one content.
+    first, close = est.empty_digest(), est.empty_digest()
+    est.record(first, 65_000, _marks(65_000), 0.0, None)
+    est.record(close, 65_000, _marks(65_000), 0.00049, None)
+    assert first["t"] == close["t"] and first == close
