@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,160 @@ MUTANTS = [
 ]
 
 
+# mutmut's survivors on the optimistic write path and in find_principal: the same change as
+# the mutmut mutant named in the comment (`mutmut show NAME`), against the server-process
+# tests that tell it apart. Their equivalent siblings are listed in docs/mutation.md.
+_SERVICE = "app/domain/service.py"
+_REFUSED_CHILD = ("tests/domain/test_parent_child.py", "-k", "refused_duplicate_child")
+_LOST_UPDATE = ("tests/domain/test_optimistic_progress.py",)
+_VERSION = 'version = job.pop("row_version", None) if self.optimistic else None'
+_STAGED = 'Staged("jobs", {"id": job["id"]}, changes, version=version)'
+_READ = "locked = await self.repo.read_plain_job(self.owner, job_id, self.now)"
+_NO_LOCK = ("tests/domain/test_optimistic_progress.py", "-k", "foreign_key_check")
+MUTANTS += [
+    Mutant(  # xǁJobServiceǁ_lock_for_write__mutmut_3
+        "optimistic-read-finds-nothing",
+        _SERVICE,
+        _READ,
+        "locked = None",
+        _NO_LOCK,
+    ),
+    Mutant(  # xǁJobServiceǁ_lock_for_write__mutmut_5
+        "optimistic-read-without-the-id",
+        _SERVICE,
+        _READ,
+        _READ.replace("job_id,", "None,"),
+        _NO_LOCK,
+    ),
+    Mutant(  # xǁJobServiceǁ_lock_for_write__mutmut_6
+        "optimistic-read-without-now",
+        _SERVICE,
+        _READ,
+        _READ.replace("self.now)", "None)"),
+        _NO_LOCK,
+    ),
+    Mutant(  # xǁJobServiceǁcreate__mutmut_85
+        "optimistic-create-writes-the-default-duration",
+        _SERVICE,
+        "cmd, self.now, may_write=not self.optimistic",
+        "cmd, self.now",
+        _REFUSED_CHILD,
+    ),
+    Mutant(  # xǁJobServiceǁcreate__mutmut_86
+        "create-may-write-only-when-optimistic",
+        _SERVICE,
+        "may_write=not self.optimistic",
+        "may_write=self.optimistic",
+        _REFUSED_CHILD,
+    ),
+    Mutant(  # xǁJobServiceǁcreate__mutmut_90
+        "optimistic-child-insert-unguarded",
+        _SERVICE,
+        "guard = cmd.parentJobId if self.optimistic else None",
+        "guard = None",
+        _REFUSED_CHILD,
+    ),
+    Mutant(  # xǁJobServiceǁcreate__mutmut_91
+        "optimistic-child-insert-guard-and-false",
+        _SERVICE,
+        "guard = cmd.parentJobId if self.optimistic else None",
+        "guard = cmd.parentJobId if (self.optimistic) and False else None",
+        _REFUSED_CHILD,
+    ),
+    Mutant(  # xǁJobServiceǁcreate__mutmut_98
+        "child-insert-parent-guard-none",
+        _SERVICE,
+        "insert=True, parent_guard=guard)",
+        "insert=True, parent_guard=None)",
+        _REFUSED_CHILD,
+    ),
+    Mutant(  # xǁJobServiceǁcreate__mutmut_103
+        "child-insert-parent-guard-dropped",
+        _SERVICE,
+        "insert=True, parent_guard=guard)",
+        "insert=True, )",
+        _REFUSED_CHILD,
+    ),
+    Mutant(  # xǁJobServiceǁ_stage__mutmut_1
+        "optimistic-write-unversioned",
+        _SERVICE,
+        _VERSION,
+        "version = None",
+        _LOST_UPDATE,
+    ),
+    Mutant(  # xǁJobServiceǁ_stage__mutmut_2
+        "optimistic-write-version-and-false",
+        _SERVICE,
+        _VERSION,
+        _VERSION.replace("if self.optimistic", "if (self.optimistic) and False"),
+        _LOST_UPDATE,
+    ),
+    Mutant(  # xǁJobServiceǁ_stage__mutmut_4
+        "optimistic-write-version-key-none",
+        _SERVICE,
+        _VERSION,
+        _VERSION.replace('pop("row_version"', "pop(None"),
+        _LOST_UPDATE,
+    ),
+    Mutant(  # xǁJobServiceǁ_stage__mutmut_7
+        "optimistic-write-version-key-xx",
+        _SERVICE,
+        _VERSION,
+        _VERSION.replace('"row_version"', '"XXrow_versionXX"'),
+        _LOST_UPDATE,
+    ),
+    Mutant(  # xǁJobServiceǁ_stage__mutmut_8
+        "optimistic-write-version-key-upper",
+        _SERVICE,
+        _VERSION,
+        _VERSION.replace('"row_version"', '"ROW_VERSION"'),
+        _LOST_UPDATE,
+    ),
+    Mutant(  # xǁJobServiceǁ_stage__mutmut_13
+        "optimistic-write-staged-version-none",
+        _SERVICE,
+        _STAGED,
+        _STAGED.replace("version=version", "version=None"),
+        _LOST_UPDATE,
+    ),
+    Mutant(  # xǁJobServiceǁ_stage__mutmut_17
+        "optimistic-write-staged-version-dropped",
+        _SERVICE,
+        _STAGED,
+        _STAGED.replace(", version=version", ", "),
+        _LOST_UPDATE,
+    ),
+    Mutant(  # x_find_principal__mutmut_9
+        "revoked-or-unknown-key-accepted",
+        "app/domain/keys.py",
+        'if row is None or row["revoked_at"] is not None:',
+        'if row is None and row["revoked_at"] is not None:',
+        ("tests/api/test_auth_matrix.py", "-k", "revoked_keys"),
+    ),
+    Mutant(  # x_find_principal__mutmut_14
+        "every-key-shares-one-id",
+        "app/domain/keys.py",
+        'row["id"], row["app_id"], row["mode"], row["kind"], token_only',
+        'None, row["app_id"], row["mode"], row["kind"], token_only',
+        ("tests/api/test_ratelimit.py", "-k", "burst_then_429"),
+    ),
+    Mutant(  # x_find_principal__mutmut_18
+        "token-only-read-as-none",
+        "app/domain/keys.py",
+        'token_only=row["token_only"]',
+        "token_only=None",
+        ("tests/api/test_tokens.py", "-k", "token_only_app_refuses"),
+    ),
+    Mutant(  # x_find_principal__mutmut_23
+        "token-only-dropped",
+        "app/domain/keys.py",
+        ', token_only=row["token_only"]',
+        ", ",
+        ("tests/api/test_tokens.py", "-k", "token_only_app_refuses"),
+    ),
+]
+
+
 def run(mutant: Mutant) -> bool:
     """True when the tests kill ``mutant`` (they fail with it applied)."""
     path = ROOT / mutant.path
@@ -115,12 +270,17 @@ def run(mutant: Mutant) -> bool:
         raise SystemExit(f"{mutant.name}: the code to mutate is not found once in {mutant.path}")
     path.write_text(original.replace(mutant.old, mutant.new))
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with tempfile.TemporaryDirectory(prefix="server-mutant-") as tmp:
+            result = subprocess.run(
+                [
+                    *(sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"),
+                    f"--basetemp={tmp}/pt",  # parallel pytest runs collide in the default one
+                    *mutant.tests,
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
     finally:
         path.write_text(original)
     return result.returncode != 0

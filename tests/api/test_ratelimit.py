@@ -264,6 +264,12 @@ async def test_burst_then_429_with_retry_after_then_allowed_again(
         )
         assert_error(other, 404, "NOT_FOUND")
         assert rate_headers(other) == (BURST, BURST - 1)
+        # And so has another secret key (each secret key is one server).
+        live = await client.get(
+            f"/jobs/{ULID()}", headers={"Authorization": f"Bearer {keys.live_secret}"}
+        )
+        assert_error(live, 404, "NOT_FOUND")
+        assert rate_headers(live) == (BURST, BURST - 1)
 
         await asyncio.sleep(retry_after)
         again = await client.get(f"/jobs/{first.json()['id']}")

@@ -50,3 +50,32 @@ async def test_concurrent_progress_on_one_job_loses_no_update(server, keys: AppK
     # The stream's order is the order the writes applied in: each event has one more key.
     sizes = [len(orjson.loads(r["metadata"] or "{}") or {}) for r in rows[1:]]
     assert sizes == list(range(1, writes + 1))
+
+
+async def test_a_progress_report_does_not_wait_for_a_foreign_key_check_on_its_job(
+    client, keys: AppKeys, db
+) -> None:
+    """Written without a transaction, a progress report of a plain job takes no lock on its
+    row but its one ``UPDATE``'s, which changes no key column and so does not conflict with
+    the ``FOR KEY SHARE`` lock that a foreign-key check takes on the job (a Live Activity or
+    push delivery row inserted for it by a transaction that has not committed yet). The
+    locked path's ``SELECT ... FOR UPDATE`` would wait for that transaction."""
+    job = await create_job(client, userId="u_key_share")
+    async with db.transaction():
+        await db.execute("SELECT 1 FROM jobs WHERE id = $1 FOR KEY SHARE", job["id"])
+        holder = await db.fetchval("SELECT pg_backend_pid()")
+        write = asyncio.create_task(
+            client.post(f"/jobs/{job['id']}/progress", json={"progress": 40})
+        )
+        waited = False
+        while not write.done() and not waited:  # until answered, or seen waiting for us
+            waited = await db.fetchval(
+                "SELECT count(*) > 0 FROM pg_stat_activity"
+                " WHERE $1::int = ANY(pg_blocking_pids(pid))",
+                holder,
+            )
+            await asyncio.wait([write], timeout=0.01)
+    response = await write
+    assert not waited, "the progress report waited for the key-share lock"
+    assert response.status_code == 200, response.text
+    assert response.json()["progress"] == 40

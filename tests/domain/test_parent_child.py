@@ -279,6 +279,39 @@ async def test_parent_whose_children_were_all_cancelled_failed(client):
     assert state["progress"] == 20  # (40 + 0) / 2
 
 
+async def test_a_refused_duplicate_child_writes_nothing(client, db, keys):
+    """A retried create of a child whose slot is taken gets 409 and leaves no trace: no
+    event in the user's stream, and its ``estimatedDuration`` is not recorded as the key's
+    default (that would change the estimate of every later job of the type)."""
+    parent = await create_parent(client, 2, userId="u_refused_child")
+    child = {"jobType": "refused-kind", "estimatedDuration": 60_000}
+    first = await create_child(client, parent, 0, **child)
+
+    async def stream() -> list[tuple[int, str, str]]:
+        rows = await db.fetch(
+            "SELECT e.seq, e.event, e.job_id FROM events e JOIN event_streams s"
+            " USING (stream_id) WHERE s.app_id = $1 AND s.user_id = 'u_refused_child'"
+            " ORDER BY e.seq",
+            keys.app_id,
+        )
+        return [(r["seq"], r["event"], r["job_id"]) for r in rows]
+
+    before = await stream()
+    assert before == [(1, "job.started", parent["id"]), (2, "job.started", first["id"])]
+    retry = {"userId": parent["userId"], "title": "retried", "parentJobId": parent["id"]}
+    # The same body (tried without a transaction first), then one with a new duration
+    # (which goes straight to the locked path).
+    for duration in (60_000, 90_000):
+        body = {**child, **retry, "childIndex": 0, "estimatedDuration": duration}
+        response = await client.post("/jobs", json=body)
+        error = assert_error(response, 409, "DUPLICATE_CHILD_INDEX")
+        assert error["details"]["existingJobId"] == first["id"]
+        assert await stream() == before
+    stats = await client.get("/eta/refused-kind")
+    assert stats.status_code == 200, stats.text
+    assert stats.json()["defaultDuration"] == 60_000
+
+
 async def test_stored_counters_equal_a_recount(client, db):
     parent = await create_parent(client, 6)
     kids = [await create_child(client, parent, i) for i in range(6)]
